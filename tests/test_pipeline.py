@@ -1,0 +1,148 @@
+"""End to end on CPU: tiny random diffusers models loaded by path, all four methods, files a user opens."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from backend.config import METHODS, ExportConfig, GenerationConfig
+from backend.engine.pipeline import Progress, generate
+from backend.engine.prior import PriorCache
+from backend.errors import GenerationCancelled
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_config(model: Path, method: str, **kw) -> GenerationConfig:
+    return GenerationConfig(
+        prompt="a red cube",
+        model=str(model),
+        method=method,
+        steps=kw.pop("steps", 3),
+        seed=kw.pop("seed", 7),
+        render_size=32,
+        samples_per_ray=24,
+        preview_every=2,
+        export=ExportConfig(mesh_resolution=32, target_faces=2000),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def priors() -> PriorCache:
+    return PriorCache()
+
+
+def check_outputs(out: Path) -> dict[str, np.ndarray]:
+    for name in ("mesh.glb", "mesh.npz", "preview.png"):
+        assert (out / name).is_file(), name
+    scene = trimesh.load(out / "mesh.glb")
+    mesh = scene.to_geometry() if isinstance(scene, trimesh.Scene) else scene
+    assert len(mesh.faces) > 0
+    with np.load(out / "mesh.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    assert arrays["vertices"].dtype == np.float32 and arrays["vertices"].shape[1] == 3
+    assert arrays["faces"].dtype == np.int32 and arrays["faces"].shape[1] == 3
+    assert arrays["colors"].dtype == np.uint8 and arrays["colors"].shape == (len(arrays["vertices"]), 4)
+    assert arrays["faces"].max() < len(arrays["vertices"])
+    assert len(mesh.faces) == len(arrays["faces"])
+    return arrays
+
+
+@pytest.mark.parametrize("kind", ["tiny_latent_prior", "tiny_pixel_prior"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_writes_a_mesh(kind, method, request, tmp_path, priors):
+    model = request.getfixturevalue(kind)
+    seen: list[Progress] = []
+    result = generate(small_config(model, method), tmp_path, on_progress=seen.append, priors=priors)
+    check_outputs(tmp_path)
+    assert result.n_faces > 0 and result.n_vertices > 0
+    steps = [p.step for p in seen if p.phase == "optimizing"]
+    assert steps == [1, 2, 3]
+    assert all(p.loss is not None and np.isfinite(p.loss) for p in seen if p.phase == "optimizing")
+    assert any(p.preview_png for p in seen), "a preview every preview_every steps"
+    assert [p.phase for p in seen][0] == "loading model" and seen[-1].phase == "done"
+
+
+def test_same_seed_gives_identical_arrays(tiny_latent_prior, tmp_path, priors):
+    cfg = small_config(tiny_latent_prior, "tp-asd", steps=4, seed=3)
+    a = check_outputs(generate(cfg, tmp_path / "a", priors=priors).files["mesh.npz"].parent)
+    b = check_outputs(generate(cfg, tmp_path / "b", priors=priors).files["mesh.npz"].parent)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c = check_outputs(
+        generate(small_config(tiny_latent_prior, "tp-asd", steps=4, seed=4), tmp_path / "c", priors=priors)
+        .files["mesh.npz"]
+        .parent
+    )
+    assert a["vertices"].shape != c["vertices"].shape or not np.array_equal(a["vertices"], c["vertices"])
+
+
+def test_stop_flag_cancels_within_one_step(tiny_pixel_prior, tmp_path, priors):
+    steps_done: list[int] = []
+
+    def on_progress(p: Progress) -> None:
+        if p.phase == "optimizing":
+            steps_done.append(p.step)
+
+    with pytest.raises(GenerationCancelled):
+        generate(
+            small_config(tiny_pixel_prior, "sds", steps=50),
+            tmp_path,
+            on_progress=on_progress,
+            should_stop=lambda: len(steps_done) >= 2,
+            priors=priors,
+        )
+    assert steps_done == [1, 2]
+    assert not (tmp_path / "mesh.glb").exists()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "backend", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_generates_files(tiny_pixel_prior, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(
+        "generate", "a red cube", "--model", str(tiny_pixel_prior), "--method", "asd", "--steps", "2",
+        "--render-size", "32", "--mesh-resolution", "32", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    check_outputs(out)
+    assert str(out / "mesh.glb") in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["generate", "a red cube", "--method", "dreamfusion"], "method"),
+        (["generate", ""], "prompt"),
+        (["generate", "   "], "prompt"),
+        (["generate", "a red cube", "--steps", "0"], "steps"),
+        (["generate", "a red cube", "--steps", "-5"], "steps"),
+        (["generate", "a red cube", "--render-size", "4"], "render_size"),
+        (["generate", "a red cube", "--model", "/nonexistent/model/dir"], "/nonexistent/model/dir"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_a_clear_line(args, words):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert words in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    proc = run_cli("generate", "a red cube", "--model", str(tmp_path), "--steps", "2")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert str(tmp_path) in proc.stderr
