@@ -23,7 +23,7 @@ from backend.engine.field import FieldConfig, RadianceField
 from backend.engine.guidance import asd_gradient, score_distillation_loss, sds_gradient
 from backend.engine.prior import Prior, PriorCache, resolve_device
 from backend.engine.renderer import make_renderer, sample_light, sample_shading
-from backend.engine.schedules import make_schedule
+from backend.engine.schedules import make_schedule, timestep_bounds
 from backend.errors import DreamsmithError, GenerationCancelled, NonFiniteLoss
 
 PHASES = ("loading model", "optimizing", "extracting mesh", "texturing", "done")
@@ -103,7 +103,7 @@ class DistillationRun:
         # so the same seed gives the same run whatever else reads random numbers.
         self.host_rng = torch.Generator().manual_seed(cfg.seed)
         self.device_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.t_min = int(cfg.t_min * prior.num_train_timesteps)
+        self.t_min, _ = timestep_bounds(cfg, prior.num_train_timesteps)
         groups = self.field.param_groups(cfg)
         groups.append({"params": list(self.background.parameters()), "lr": cfg.lr_background})
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)

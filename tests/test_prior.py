@@ -1,0 +1,189 @@
+"""Loading diffusers priors by path (tiny random models), their interface, and load errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.engine.guidance import score_distillation_loss, sds_gradient
+from backend.engine.prior import Prior, PriorCache, load_prior, resolve_device
+from backend.engine.tiny_prior import make_tiny_prior
+from backend.engine.views import VIEWS, view_prompt
+from backend.errors import DreamsmithError, ModelLoadError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def latent(tiny_latent_prior: Path) -> Prior:
+    return load_prior(str(tiny_latent_prior), CPU)
+
+
+@pytest.fixture(scope="module")
+def pixel(tiny_pixel_prior: Path) -> Prior:
+    return load_prior(str(tiny_pixel_prior), CPU)
+
+
+def test_latent_prior_loads_frozen_in_float32(latent: Prior) -> None:
+    assert latent.is_latent and latent.vae is not None
+    assert latent.dtype == torch.float32 and latent.device == CPU
+    assert latent.input_size == 32  # 16x16 latents, VAE downsamples by 2
+    assert latent.num_train_timesteps == 1000 and latent.alphas_cumprod.shape == (1000,)
+    assert latent.alphas_cumprod.dtype == torch.float32
+    assert (latent.alphas_cumprod[1:] < latent.alphas_cumprod[:-1]).all()
+    for module in (latent.unet, latent.vae, latent.text_encoder):
+        assert not module.training
+        assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_pixel_prior_loads_without_vae(pixel: Prior) -> None:
+    assert not pixel.is_latent and pixel.vae is None
+    assert pixel.input_size == 32 and pixel.channels == 3
+
+
+def test_encode_prompts_gives_uncond_and_four_views(latent: Prior) -> None:
+    emb = latent.encode_prompts("a red cube", "blurry")
+    assert set(emb.views) == set(VIEWS)
+    for v in VIEWS:
+        assert emb.views[v].shape == emb.uncond.shape == (1, 77, 32)
+    assert not torch.allclose(emb.views["front"], emb.views["back"])
+    assert not torch.allclose(emb.views["front"], emb.uncond)
+    alone = latent._encode_text([view_prompt("a red cube", "side")])
+    assert torch.allclose(emb.views["side"], alone, atol=1e-5)
+    assert emb.for_views(["back", "front"]).shape == (2, 77, 32)
+
+
+@pytest.mark.parametrize("which", ["latent", "pixel"])
+def test_to_model_space_is_differentiable(which: str, request: pytest.FixtureRequest) -> None:
+    prior: Prior = request.getfixturevalue(which)
+    rgb = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    x = prior.to_model_space(rgb)
+    size = prior.input_size // prior.vae_scale_factor
+    assert x.shape == (2, prior.channels, size, size) and x.dtype == torch.float32
+    (x**2).sum().backward()
+    assert rgb.grad is not None and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+def test_pixel_model_space_is_minus_one_to_one(pixel: Prior) -> None:
+    rgb = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(pixel.to_model_space(rgb), rgb * 2 - 1)
+
+
+def test_latent_encoding_is_deterministic(latent: Prior) -> None:
+    rgb = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(latent.to_model_space(rgb), latent.to_model_space(rgb))
+
+
+def test_predict_noise_shapes_and_no_grad(latent: Prior) -> None:
+    emb = latent.encode_prompts("a red cube")
+    x = torch.randn(3, 4, 16, 16, requires_grad=True)
+    eps = latent.predict_noise(x, torch.tensor([10, 500, 990]), emb.for_views(["front", "side", "back"]))
+    assert eps.shape == x.shape and eps.dtype == torch.float32 and not eps.requires_grad
+    assert torch.isfinite(eps).all()
+    shared = latent.predict_noise(x, 500, emb.uncond)  # scalar t, one embedding for the batch
+    assert shared.shape == x.shape
+
+
+def test_sds_through_the_vae_reaches_the_image(latent: Prior) -> None:
+    emb = latent.encode_prompts("a blue sphere")
+    rgb = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    x = latent.to_model_space(rgb)
+    cond = emb.for_views(["front", "overhead"])
+    grad = sds_gradient(latent, x, 600, cond, emb.uncond, 100.0, torch.Generator().manual_seed(0))
+    score_distillation_loss(x, grad).backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+def _assert_readable(exc: pytest.ExceptionInfo[ModelLoadError], *needles: str) -> None:
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message and len(message) < 400
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(missing), CPU)
+    _assert_readable(exc, str(missing), "does not exist")
+
+
+def test_folder_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("hello")
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(tmp_path), CPU)
+    _assert_readable(exc, "model_index.json")
+
+
+def test_missing_unet_is_a_clear_error(tiny_latent_prior: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_latent_prior, broken, ignore=shutil.ignore_patterns("unet"))
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(broken), CPU)
+    _assert_readable(exc, "unet/")
+
+
+def test_corrupt_component_is_a_clear_error(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pixel_prior, broken)
+    weights = next((broken / "unet").glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(broken), CPU)
+    _assert_readable(exc, "unet")
+
+
+def test_model_without_unet2d_is_refused(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(tiny_pixel_prior, other)
+    index = json.loads((other / "model_index.json").read_text())
+    index["_class_name"] = "FluxPipeline"
+    index.pop("unet")
+    index["transformer"] = ["diffusers", "FluxTransformer2DModel"]
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(other), CPU)
+    _assert_readable(exc, "UNet2DConditionModel")
+
+
+def test_unreachable_hub_id_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(*args: object, **kwargs: object) -> str:
+        raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot reach https://huggingface.co\nretry")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior("someone/some-model", CPU)
+    _assert_readable(exc, "someone/some-model", "local")
+
+
+def test_prior_cache_reuses_and_evicts(tiny_latent_prior: Path, tiny_pixel_prior: Path) -> None:
+    cache = PriorCache(max_models=1)
+    first = cache.get(str(tiny_pixel_prior), CPU)
+    assert cache.get(str(tiny_pixel_prior), CPU) is first
+    assert cache.loaded() == [str(tiny_pixel_prior)]
+    cache.get(str(tiny_latent_prior), CPU)
+    assert cache.loaded() == [str(tiny_latent_prior)]
+    assert cache.get(str(tiny_pixel_prior), CPU) is not first  # was evicted, loaded again
+
+
+def test_tiny_prior_weights_follow_the_seed(tmp_path: Path) -> None:
+    def unet_bytes(seed: int) -> bytes:
+        path = make_tiny_prior(tmp_path / f"s{seed}-{len(list(tmp_path.iterdir()))}", pixel=True, seed=seed)
+        return next((path / "unet").glob("*.safetensors")).read_bytes()
+
+    assert unet_bytes(0) == unet_bytes(0)
+    assert unet_bytes(0) != unet_bytes(1)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DreamsmithError, match="cuda"):
+            resolve_device("cuda")
