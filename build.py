@@ -52,7 +52,9 @@ def requirements() -> tuple[list[str], str]:
 
 def setup() -> None:
     if sys.version_info[:2] != (3, 11):
-        log(f"warning: Python {sys.version.split()[0]}; the bpy wheel (Blender as a module) needs Python 3.11")
+        log(
+            f"warning: Python {sys.version.split()[0]}; the bpy wheel (Blender as a module) needs Python 3.11"
+        )
     keep_torch = os.environ.get("DREAMSMITH_KEEP_TORCH") == "1"
     deps, torch_pin = requirements()
     wanted = "\n".join([f"keep_torch={keep_torch}", torch_pin, *deps])

@@ -163,7 +163,7 @@ def _check_pair(name: str, value: Any) -> None:
 
 def validate_config(cfg: GenerationConfig) -> None:
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
-        raise InvalidConfig("prompt", "must be a non-empty text, e.g. \"a red cube\"")
+        raise InvalidConfig("prompt", 'must be a non-empty text, e.g. "a red cube"')
     if len(cfg.prompt) > LIMITS["prompt_chars"][1]:
         raise InvalidConfig("prompt", f"must be at most {LIMITS['prompt_chars'][1]:g} characters")
     if not isinstance(cfg.negative_prompt, str):
@@ -192,11 +192,13 @@ def validate_config(cfg: GenerationConfig) -> None:
     exp = cfg.export
     _check_range("export.mesh_resolution", exp.mesh_resolution, int)
     if exp.texture not in TEXTURE_MODES:
-        raise InvalidConfig("export.texture", f"must be \"vertex\" or \"uv\", got {exp.texture!r}")
+        raise InvalidConfig("export.texture", f'must be "vertex" or "uv", got {exp.texture!r}')
     _check_range("export.texture_size", exp.texture_size, int)
     _check_range("export.target_faces", exp.target_faces, int)
     if exp.threshold is not None and (
-        isinstance(exp.threshold, bool) or not isinstance(exp.threshold, (int, float)) or not math.isfinite(exp.threshold)
+        isinstance(exp.threshold, bool)
+        or not isinstance(exp.threshold, (int, float))
+        or not math.isfinite(exp.threshold)
     ):
         raise InvalidConfig("export.threshold", "must be a number or omitted for automatic")
     if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:

@@ -1,0 +1,336 @@
+"""Field -> mesh files: density grid, marching cubes, clean-up, decimation, colours, GLB and array file.
+
+The steps follow DESIGN.md "Export": sample the density on a grid over the scene bound, extract the level
+set with marching cubes (`mcubes`), drop small floating components, decimate (before any UV unwrap,
+see `texture.py`), colour the surface from the albedo field, then write
+
+- `mesh.npz`: `vertices` f32 [N,3] (Z up), `faces` i32 [M,3], `colors` u8 [N,4] (sRGB, alpha 255),
+  and `uvs` f32 [N,2] in UV mode (v = 0 at the bottom of `texture.png`);
+- `mesh.glb`: the same mesh converted to glTF's Y-up frame, so that Blender's importer (Y-up -> Z-up)
+  shows it upright, front toward -Y; vertex colours as COLOR_0 or the texture as the base colour;
+- `texture.png` in UV mode, and `preview.png` when the caller passes one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mcubes
+import numpy as np
+import scipy.sparse
+import torch
+import trimesh
+from PIL import Image
+from scipy.sparse.csgraph import connected_components
+
+from backend.config import ExportConfig
+from backend.engine import texture as uv_texture
+from backend.errors import DreamsmithError
+from backend.fileio import save_npz_atomic, write_bytes_atomic
+
+# Automatic marching-cubes level (see `auto_threshold`).
+SURFACE_DENSITY = 10.0  # the level used whenever the field is dense enough to reach it comfortably
+PEAK_FRACTION = 0.2  # weaker fields (e.g. a freshly initialized blob): this fraction of the peak density
+MIN_DENSITY = 1.0  # optical depth 1 per world unit: below this the field is haze, not a surface
+# Components with fewer faces than this fraction of the largest one are floaters.
+FLOATER_FRACTION = 0.05
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, Path]  # artifact name ("mesh.glb", "mesh.npz", ...) -> written file
+    n_vertices: int
+    n_faces: int
+
+
+def _field_device(field: Any) -> torch.device:
+    if isinstance(field, torch.nn.Module):
+        for tensor in (*field.parameters(), *field.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def density_grid(field: Any, resolution: int, chunk: int = 65536) -> np.ndarray:
+    """`field.density` at the resolution^3 grid corners spanning [-bound, bound]^3 -> f32 [R,R,R], [x,y,z].
+
+    Corner i along an axis sits at -bound + i * 2 bound / (R - 1), so the grid includes the bound itself.
+    Non-finite densities count as empty space.
+    """
+    res = int(resolution)
+    bound = float(field.bound)
+    device = _field_device(field)
+    axis = torch.linspace(-bound, bound, res, device=device)
+    total = res**3
+    out = np.empty(total, dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            idx = torch.arange(start, stop, device=device)
+            points = torch.stack(
+                [axis[idx // (res * res)], axis[(idx // res) % res], axis[idx % res]], dim=-1
+            )
+            sigma = field.density(points)
+            out[start:stop] = sigma.reshape(-1).float().cpu().numpy()
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+    return out.reshape(res, res, res)
+
+
+def auto_threshold(grid: np.ndarray) -> float:
+    """Density level separating the object from empty space, from the grid's own statistics.
+
+    Rule: level = clip(PEAK_FRACTION * peak, MIN_DENSITY, SURFACE_DENSITY), raised to sqrt(background *
+    peak) (the midpoint in log-density) when empty space is foggy. `peak` is the density exceeded by only
+    0.01% of the grid (robust to a few spiky voxels), `background` its 10th percentile (the cube's corners
+    are empty for any object of radius ~0.5). A trained field (peak in the tens or hundreds) gets the
+    fixed level 10; a fresh blob softplus(10 (1 - |x| / 0.5)) (peak ~10) gets ~2, i.e. radius ~0.41,
+    about its rendered silhouette. A field whose peak is below MIN_DENSITY gets MIN_DENSITY, which
+    nothing reaches: `marching_cubes_mesh` then reports an empty field.
+    """
+    flat = np.asarray(grid, dtype=np.float32).ravel()
+    n = flat.size
+    k = max(1, n // 10_000)
+    peak = float(np.partition(flat, n - k)[n - k])
+    if not peak >= MIN_DENSITY:
+        return MIN_DENSITY
+    sample = flat[:: max(1, n // 1_000_000)]
+    background = max(float(np.percentile(sample, 10)), 0.0)
+    level = min(max(PEAK_FRACTION * peak, MIN_DENSITY), SURFACE_DENSITY)
+    return max(level, math.sqrt(background * peak))
+
+
+def _empty_field_error(threshold: float, peak: float) -> DreamsmithError:
+    return DreamsmithError(
+        f"The density field is empty: nothing reaches the surface density {threshold:.3g} "
+        f"(highest density {peak:.3g}), so there is no mesh to export. Optimize for more steps, "
+        "or set a lower export threshold (leave it empty for automatic)."
+    )
+
+
+def marching_cubes_mesh(
+    grid: np.ndarray, bound: float, threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Level set {density = threshold} of a `density_grid` -> (verts f32 [N,3] world, faces i32 [M,3]).
+
+    The grid is padded with empty space, so the mesh is closed even where the object touches the bound
+    (vertices are clipped back into [-bound, bound]). Faces wind counter-clockwise seen from outside
+    (outward normals, positive volume). threshold None -> `auto_threshold`. Raises DreamsmithError when
+    nothing in the grid exceeds the threshold.
+    """
+    grid = np.asarray(grid, dtype=np.float32)
+    level = auto_threshold(grid) if threshold is None else float(threshold)
+    peak = float(grid.max())
+    if not peak > level:
+        raise _empty_field_error(level, peak)
+    padded = np.pad(grid, 1, mode="constant", constant_values=min(float(grid.min()), level) - 1.0)
+    # mcubes winds faces so that normals point from values above the level to values below: outward.
+    verts, faces = mcubes.marching_cubes(padded, level)
+    faces = np.asarray(faces, dtype=np.int64)
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+    if len(faces) == 0:
+        raise _empty_field_error(level, peak)
+    cell = 2.0 * bound / (grid.shape[0] - 1)
+    verts = np.clip((np.asarray(verts) - 1.0) * cell - bound, -bound, bound).astype(np.float32)
+    return _compact(verts, faces)
+
+
+def _compact(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop vertices no face uses and renumber faces -> (verts f32, faces i32)."""
+    used = np.zeros(len(verts), dtype=bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return np.ascontiguousarray(verts[used], dtype=np.float32), remap[faces].astype(np.int32)
+
+
+def remove_floaters(
+    verts: np.ndarray, faces: np.ndarray, min_fraction: float = FLOATER_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the connected components with at least `min_fraction` of the largest one's faces."""
+    if len(faces) == 0:
+        return verts, faces
+    faces = np.asarray(faces, dtype=np.int64)
+    edges = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    adjacency = scipy.sparse.coo_matrix(
+        (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(len(verts), len(verts))
+    )
+    _, labels = connected_components(adjacency, directed=False)
+    face_label = labels[faces[:, 0]]
+    sizes = np.bincount(face_label)
+    keep = sizes[face_label] >= min_fraction * sizes.max()
+    return _compact(np.asarray(verts), faces[keep])
+
+
+def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric edge-collapse decimation (`fast_simplification`) down to about `target_faces`.
+
+    Meshes already at or below the target are returned unchanged.
+    """
+    if len(faces) <= target_faces:
+        return verts, faces
+    import fast_simplification
+
+    new_verts, new_faces = fast_simplification.simplify(
+        np.asarray(verts, dtype=np.float32), np.asarray(faces, dtype=np.int32), target_count=int(target_faces)
+    )
+    new_faces = np.asarray(new_faces, dtype=np.int64)
+    new_faces = new_faces[
+        (new_faces[:, 0] != new_faces[:, 1])
+        & (new_faces[:, 1] != new_faces[:, 2])
+        & (new_faces[:, 2] != new_faces[:, 0])
+    ]
+    return _compact(np.asarray(new_verts), new_faces)
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals f32 [N,3] (outward for outward-wound faces)."""
+    tri = np.asarray(verts, dtype=np.float64)[faces]
+    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
+    normals = np.zeros((len(verts), 3))
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_n)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return (normals / np.maximum(length, 1e-12)).astype(np.float32)
+
+
+def sample_albedo(field: Any, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """`field.albedo` at world points [N,3] -> f32 [N,3] in [0, 1] (sRGB, as rendered), chunked, no grad."""
+    device = _field_device(field)
+    points = np.asarray(points, dtype=np.float32)
+    out = np.empty((len(points), 3), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(points), chunk):
+            batch = torch.from_numpy(points[start : start + chunk]).to(device)
+            out[start : start + len(batch)] = field.albedo(batch).float().cpu().numpy()
+    np.nan_to_num(out, copy=False, nan=0.5)
+    return np.clip(out, 0.0, 1.0)
+
+
+def to_rgba8(rgb: np.ndarray) -> np.ndarray:
+    """Colours in [0, 1] [N,3] -> u8 [N,4] with alpha 255."""
+    rgba = np.full((len(rgb), 4), 255, dtype=np.uint8)
+    rgba[:, :3] = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return rgba
+
+
+def vertex_colors(
+    field: Any, verts: np.ndarray, normals: np.ndarray | None = None, inset: float = 0.0, chunk: int = 65536
+) -> np.ndarray:
+    """Albedo at the vertices -> u8 [N,4] sRGB, alpha 255.
+
+    With `normals` (outward, unit) the field is sampled `inset` world units inside the surface: the
+    albedo is trained where the rendering weights are, which is just inside the level set, and the
+    exact iso-surface sits where the density (and thus the albedo's supervision) is thin.
+    """
+    points = np.asarray(verts, dtype=np.float32)
+    if normals is not None and inset > 0.0:
+        points = points - inset * np.asarray(normals, dtype=np.float32)
+    return to_rgba8(sample_albedo(field, points, chunk))
+
+
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def z_up_to_y_up(points: np.ndarray) -> np.ndarray:
+    """Blender/Dreamsmith (x, y, z), Z up -> glTF (x, z, -y), Y up; front -Y becomes glTF's front +Z."""
+    points = np.asarray(points)
+    return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1)
+
+
+def y_up_to_z_up(points: np.ndarray) -> np.ndarray:
+    """Inverse of `z_up_to_y_up` (what Blender's glTF importer does)."""
+    points = np.asarray(points)
+    return np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1)
+
+
+def glb_bytes(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    normals: np.ndarray,
+    colors: np.ndarray | None = None,
+    uvs: np.ndarray | None = None,
+    texture: np.ndarray | None = None,
+) -> bytes:
+    """A GLB of the mesh (Z-up input, written Y-up) with vertex colours, or with `texture` (u8 [H,W,3])
+    as the base colour of a PBR material mapped by `uvs` (v = 0 at the image's bottom).
+
+    glTF's COLOR_0 is linear, so sRGB colours are linearized first (importers such as Blender's convert
+    back); the base-colour texture is sRGB by the spec and stored as is. Only one of the two is written,
+    as glTF multiplies COLOR_0 into the textured base colour.
+    """
+    material = trimesh.visual.material.PBRMaterial(
+        name="dreamsmith", baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0, roughnessFactor=0.9
+    )
+    if texture is not None and uvs is not None:
+        material.baseColorTexture = Image.fromarray(np.ascontiguousarray(texture, dtype=np.uint8))
+        visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
+    else:
+        visual = trimesh.visual.TextureVisuals(material=material)
+        if colors is not None:
+            linear = _srgb_to_linear(colors[:, :3].astype(np.float64) / 255.0)
+            visual.vertex_attributes["color"] = to_rgba8(linear)
+    mesh = trimesh.Trimesh(
+        vertices=z_up_to_y_up(verts).astype(np.float32),
+        faces=faces,
+        visual=visual,
+        vertex_normals=z_up_to_y_up(normals).astype(np.float32),
+        process=False,
+    )
+    data = mesh.export(file_type="glb", include_normals=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def export_result(
+    field: Any,
+    export: ExportConfig,
+    out_dir: Path,
+    preview_png: bytes | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Extract, clean, colour and write the field's mesh into `out_dir` (see the module docstring).
+
+    Raises DreamsmithError when the field has no surface at the (possibly automatic) threshold.
+    """
+    out_dir = Path(out_dir)
+    bound = float(field.bound)
+    grid = density_grid(field, export.mesh_resolution)
+    verts, faces = marching_cubes_mesh(grid, bound, export.threshold)
+    del grid
+    verts, faces = remove_floaters(verts, faces)
+    verts, faces = decimate(verts, faces, export.target_faces)
+    normals = vertex_normals(verts, faces)
+    # Half a grid cell inside the level set (see `vertex_colors`).
+    inset = 0.5 * 2.0 * bound / (export.mesh_resolution - 1)
+    colors = vertex_colors(field, verts, normals, inset)
+
+    files: dict[str, Path] = {}
+    if export.texture == "uv":
+        if on_phase is not None:
+            on_phase("texturing")
+        baked = uv_texture.uv_texture(
+            lambda p: sample_albedo(field, p), verts, faces, export.texture_size, normals=normals, inset=inset
+        )
+        verts, faces, normals = baked.vertices, baked.faces, normals[baked.vertex_map]
+        colors = colors[baked.vertex_map]
+        files["texture.png"] = write_bytes_atomic(out_dir / "texture.png", _png_bytes(baked.texture))
+        glb = glb_bytes(verts, faces, normals, uvs=baked.uvs, texture=baked.texture)
+        arrays = {"vertices": verts, "faces": faces, "colors": colors, "uvs": baked.uvs}
+    else:
+        glb = glb_bytes(verts, faces, normals, colors=colors)
+        arrays = {"vertices": verts, "faces": faces, "colors": colors}
+    files["mesh.npz"] = save_npz_atomic(out_dir / "mesh.npz", **arrays)
+    files["mesh.glb"] = write_bytes_atomic(out_dir / "mesh.glb", glb)
+    if preview_png is not None:
+        files["preview.png"] = write_bytes_atomic(out_dir / "preview.png", preview_png)
+    return ExportResult(files=files, n_vertices=int(len(verts)), n_faces=int(len(faces)))

@@ -1,0 +1,139 @@
+"""The radiance field being optimized: hash-grid encoding + small MLPs for density and albedo.
+
+Density follows Magic3D / threestudio: sigma = softplus(raw + blob), where the "blob" bias
+blob_density * (1 - |x| / blob_radius) starts the optimization from a soft ball at the origin
+(DreamFusion section 3.1 uses a similar density bias). Points outside the bound box have no density.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backend.config import GenerationConfig
+from backend.engine.hashgrid import HashGridConfig, make_hash_grid
+
+
+@dataclass
+class FieldConfig:
+    # Hash grid (DESIGN.md: 16 levels x 2 features, 2^19 entries, resolutions 16 .. 2048).
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+    # MLP heads: hidden width and number of hidden layers.
+    hidden_dim: int = 64
+    n_hidden_layers: int = 1
+    # Density bias before the softplus: blob_density * (1 - |x| / blob_radius).
+    blob_density: float = 10.0
+    blob_radius: float = 0.5
+    # The field lives in [-bound, bound]^3 (world units).
+    bound: float = 1.0
+    # Step of the central differences for normals, in world units (the finest cell is 2 bound / 2048).
+    normal_eps: float = 1e-2
+
+    @property
+    def hash_grid(self) -> HashGridConfig:
+        return HashGridConfig(
+            n_levels=self.n_levels,
+            n_features_per_level=self.n_features_per_level,
+            log2_hashmap_size=self.log2_hashmap_size,
+            base_resolution=self.base_resolution,
+            finest_resolution=self.finest_resolution,
+        )
+
+    @classmethod
+    def small(cls) -> FieldConfig:
+        """A lighter grid for CPU runs at 32-64 px renders (12 levels, 2^15 entries, finest 512)."""
+        return cls(n_levels=12, log2_hashmap_size=15, finest_resolution=512)
+
+
+def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(n_hidden_layers):
+        layers += [nn.Linear(n_in, hidden), nn.ReLU(inplace=True)]
+        n_in = hidden
+    layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+class RadianceField(nn.Module):
+    """sigma(x) and albedo(x) for world points x [N, 3] in [-bound, bound]^3.
+
+    Parameters are created from torch's global RNG: call torch.manual_seed(seed) before building one.
+    """
+
+    def __init__(self, cfg: FieldConfig | None = None, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        cfg = cfg or FieldConfig()
+        self.cfg = cfg
+        self.bound = float(cfg.bound)
+        self.encoding = make_hash_grid(cfg.hash_grid, device)
+        n_enc = self.encoding.n_output_dims
+        self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
+        self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """World points [N, 3] -> hash features [N, L * F] (positions mapped to [0, 1]^3)."""
+        return self.encoding((x + self.bound) / (2.0 * self.bound))
+
+    def _inside(self, x: Tensor) -> Tensor:
+        return (x.abs() <= self.bound).all(-1)  # [N]
+
+    def density_bias(self, x: Tensor) -> Tensor:
+        """Magic3D's blob: blob_density * (1 - |x| / blob_radius), [N]."""
+        return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
+
+    def _sigma(self, raw: Tensor, x: Tensor) -> Tensor:
+        sigma = F.softplus(raw.squeeze(-1) + self.density_bias(x))
+        return torch.where(self._inside(x), sigma, torch.zeros_like(sigma))
+
+    def density(self, x: Tensor) -> Tensor:
+        """x [N, 3] world -> sigma [N] >= 0."""
+        return self._sigma(self.density_mlp(self._encode(x)), x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N, 3] world -> (sigma [N], albedo [N, 3] in [0, 1]); the encoding is shared."""
+        h = self._encode(x)
+        return self._sigma(self.density_mlp(h), x), torch.sigmoid(self.albedo_mlp(h))
+
+    def albedo(self, x: Tensor) -> Tensor:
+        """x [N, 3] world -> albedo [N, 3] in [0, 1]."""
+        return self.albedo_from_features(self._encode(x))
+
+    def density_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N, 3] -> (sigma [N], encoding features [N, E]); with `albedo_from_features`, lets a renderer
+        evaluate the albedo head only where samples are visible."""
+        h = self._encode(x)
+        return self._sigma(self.density_mlp(h), x), h
+
+    def albedo_from_features(self, h: Tensor) -> Tensor:
+        """Encoding features [N, E] -> albedo [N, 3] in [0, 1]."""
+        return torch.sigmoid(self.albedo_mlp(h))
+
+    def normals(self, x: Tensor) -> Tensor:
+        """x [N, 3] -> unit outward normals [N, 3]: -grad sigma by central differences (6 density evals).
+
+        Differentiable with respect to the field's parameters (the orientation loss and shading use it).
+        """
+        eps = self.cfg.normal_eps
+        offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # [3, 3]
+        # One batched density call over [+e_x, +e_y, +e_z, -e_x, -e_y, -e_z] offsets.
+        probes = torch.cat(
+            [x.unsqueeze(0) + offsets[:, None], x.unsqueeze(0) - offsets[:, None]]
+        )  # [6, N, 3]
+        sigma = self.density(probes.reshape(-1, 3)).view(6, -1)
+        grad = (sigma[:3] - sigma[3:]).t() / (2.0 * eps)  # [N, 3]
+        return -F.normalize(grad, dim=-1, eps=1e-6)
+
+    def param_groups(self, cfg: GenerationConfig) -> list[dict]:
+        """Adam groups: the hash table at cfg.lr_grid, the MLP heads at cfg.lr_mlp."""
+        mlps = list(self.density_mlp.parameters()) + list(self.albedo_mlp.parameters())
+        return [
+            {"name": "grid", "params": list(self.encoding.parameters()), "lr": cfg.lr_grid},
+            {"name": "mlp", "params": mlps, "lr": cfg.lr_mlp},
+        ]

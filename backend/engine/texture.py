@@ -1,0 +1,221 @@
+"""UV texturing (export.texture = "uv"): unwrap the decimated mesh with xatlas, bake the albedo into an image.
+
+Order matters: the mesh is decimated *before* it gets here (xatlas on a million marching-cubes faces
+takes hours; on 50k faces, with chart size bounded as below, about a second). Then
+
+1. `unwrap`: xatlas charts + packing; vertices are split at chart seams, so every vertex has one uv.
+2. `rasterize`: for each texel centre, the triangle covering it in uv space and its barycentrics.
+3. `bake_texture`: barycentrics -> 3D surface point (slightly inside, as for vertex colours) -> albedo.
+4. `pad_texture`: texels outside every chart take the colour of the nearest baked texel, so bilinear
+   filtering and mipmaps at island borders never pull in a background colour.
+
+Conventions: uvs in [0, 1], v = 0 at the bottom of the image (OpenGL / Blender); image row 0 is the top
+(v = 1), as PNG stores it. This module is plain numpy: the albedo comes in as a function of points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import xatlas
+from scipy.ndimage import distance_transform_edt
+
+# points f32 [N,3] (world) -> colours [N,3] in [0, 1] (sRGB).
+AlbedoFn = Callable[[np.ndarray], np.ndarray]
+
+# xatlas chart growth is bounded to charts whose boundary is at most this fraction of sqrt(surface area).
+# Unbounded charts on marching-cubes meshes fail xatlas's validity checks and get re-split piece by piece,
+# which takes ~20 s for 50k faces on one core; bounded ones take ~1 s at ~65% atlas utilization instead of
+# ~83% (see scripts/bench_texture.py).
+CHART_BOUNDARY_FRACTION = 0.5
+# Empty texels left between charts by the packer, in texels of the final texture.
+CHART_PADDING = 2
+
+
+@dataclass
+class UVTexture:
+    vertices: np.ndarray  # f32 [N',3], split at uv seams
+    faces: np.ndarray  # i32 [M,3] into `vertices`
+    uvs: np.ndarray  # f32 [N',2] in [0, 1], v = 0 at the image's bottom
+    vertex_map: np.ndarray  # i64 [N'] index of each split vertex in the input mesh
+    texture: np.ndarray  # u8 [S,S,3] sRGB, row 0 = top (v = 1)
+
+
+def unwrap(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    texture_size: int,
+    padding: int = CHART_PADDING,
+    boundary_fraction: float | None = CHART_BOUNDARY_FRACTION,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts and packing for a `texture_size`^2 image -> (vertex_map i64 [N'], faces i32 [M,3],
+    uvs f32 [N',2]).
+
+    `vertex_map[k]` is the input vertex that split vertex k copies; faces index the split vertices.
+    `boundary_fraction` bounds chart size (see CHART_BOUNDARY_FRACTION); None = xatlas's defaults.
+    """
+    verts = np.ascontiguousarray(verts, dtype=np.float32)
+    faces = np.ascontiguousarray(faces, dtype=np.uint32)
+    tri = verts[faces].astype(np.float64)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(verts, faces)
+    charts = xatlas.ChartOptions()
+    if boundary_fraction is not None:
+        charts.max_boundary_length = float(boundary_fraction * np.sqrt(max(area, 1e-12)))
+    pack = xatlas.PackOptions()
+    pack.resolution = int(texture_size)
+    pack.padding = int(padding)
+    pack.bilinear = True
+    atlas.generate(charts, pack)
+    vertex_map, new_faces, uvs = atlas[0]
+    if atlas.atlas_count != 1:
+        raise RuntimeError(f"xatlas packed the charts into {atlas.atlas_count} atlases instead of one")
+    return vertex_map.astype(np.int64), new_faces.astype(np.int32), uvs.astype(np.float32)
+
+
+def rasterize(
+    uvs: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which triangle covers each texel centre -> (face_index i32 [S,S], -1 where none; barycentrics
+    f32 [S,S,3]), image layout (row 0 = top = v 1).
+
+    Vectorized bounding-box rasterization: every (triangle, texel in its bounding box) pair is tested,
+    `chunk` pairs at a time. Texel (column i, row-from-bottom j) has its centre at uv ((i + .5)/S, (j + .5)/S).
+    """
+    tri = np.asarray(uvs, dtype=np.float64)[faces] * size  # [M,3,2] in texels
+    a = tri[:, 0]
+    e1 = tri[:, 1] - a
+    e2 = tri[:, 2] - a
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    lo = np.clip(np.ceil(tri.min(axis=1) - 0.5), 0, size - 1).astype(np.int64)  # [M,2] first texel
+    hi = np.clip(np.floor(tri.max(axis=1) - 0.5), 0, size - 1).astype(np.int64)
+    extent = np.maximum(hi - lo + 1, 0)
+    counts = np.where(np.abs(det) > 1e-12, extent[:, 0] * extent[:, 1], 0)
+
+    face_index = np.full((size, size), -1, dtype=np.int32)
+    bary = np.zeros((size, size, 3), dtype=np.float32)
+    ends = np.cumsum(counts)
+    start_face = 0
+    while start_face < len(faces):
+        # Faces [start_face, stop_face) hold about `chunk` pairs (at least one face).
+        stop_face = max(int(np.searchsorted(ends, ends[start_face] - counts[start_face] + chunk, "right")), start_face + 1)
+        ids = np.arange(start_face, stop_face)
+        pair_face = np.repeat(ids, counts[ids])
+        first = np.cumsum(counts[ids]) - counts[ids]
+        local = np.arange(len(pair_face)) - np.repeat(first, counts[ids])
+        width = extent[pair_face, 0]
+        col = lo[pair_face, 0] + local % width
+        row_up = lo[pair_face, 1] + local // width
+        px = col + 0.5 - a[pair_face, 0]
+        py = row_up + 0.5 - a[pair_face, 1]
+        d = det[pair_face]
+        l1 = (px * e2[pair_face, 1] - py * e2[pair_face, 0]) / d
+        l2 = (e1[pair_face, 0] * py - e1[pair_face, 1] * px) / d
+        l0 = 1.0 - l1 - l2
+        inside = (l0 >= -1e-7) & (l1 >= -1e-7) & (l2 >= -1e-7)
+        rows = size - 1 - row_up[inside]
+        cols = col[inside]
+        face_index[rows, cols] = pair_face[inside]
+        bary[rows, cols] = np.stack([l0[inside], l1[inside], l2[inside]], axis=1)
+        start_face = stop_face
+    return face_index, bary
+
+
+def pad_texture(image: np.ndarray, filled: np.ndarray, max_texels: float | None = None) -> np.ndarray:
+    """Copy into each unfilled texel the colour of the nearest filled one (within `max_texels`, or all
+    of them when None), in place; returns `image`."""
+    if filled.all() or not filled.any():
+        return image
+    dist, (rows, cols) = distance_transform_edt(~filled, return_indices=True)
+    take = ~filled if max_texels is None else (~filled) & (dist <= max_texels)
+    image[take] = image[rows[take], cols[take]]
+    return image
+
+
+def sample_texture(texture: np.ndarray, uvs: np.ndarray) -> np.ndarray:
+    """Bilinear lookup (clamped at the border) of u8 [S,S,C] at uvs [N,2] -> f32 [N,C] in 0..255,
+    with this module's conventions (v = 0 at the bottom row, texel centres at (i + .5) / S)."""
+    height, width = texture.shape[:2]
+    x = np.asarray(uvs[:, 0], dtype=np.float64) * width - 0.5
+    y = np.asarray(uvs[:, 1], dtype=np.float64) * height - 0.5
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    c0 = np.clip(x0, 0, width - 1).astype(np.int64)
+    c1 = np.clip(x0 + 1, 0, width - 1).astype(np.int64)
+    r0 = height - 1 - np.clip(y0, 0, height - 1).astype(np.int64)  # image rows count from the top
+    r1 = height - 1 - np.clip(y0 + 1, 0, height - 1).astype(np.int64)
+    img = texture.astype(np.float32)
+    top = img[r1, c0] * (1 - fx) + img[r1, c1] * fx
+    bottom = img[r0, c0] * (1 - fx) + img[r0, c1] * fx
+    return (bottom * (1 - fy) + top * fy).astype(np.float32)
+
+
+def _face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    tri = np.asarray(verts, dtype=np.float64)[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    return (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def bake_texture(
+    albedo: AlbedoFn,
+    verts: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    size: int,
+    normals: np.ndarray | None = None,
+    inset: float = 0.0,
+    padding: float | None = None,
+    background: tuple[int, int, int] = (0, 0, 0),
+) -> np.ndarray:
+    """Albedo baked into a `size`^2 image for the uv-mapped mesh -> u8 [S,S,3], row 0 = top.
+
+    Each covered texel is the albedo at its surface point, moved `inset` world units inward along the
+    interpolated vertex `normals` (face normals when None). Texels outside the charts are padded from
+    their nearest baked texel (`padding` texels at most; None = every texel); what is left stays
+    `background`.
+    """
+    face_index, bary = rasterize(uvs, faces, size)
+    filled = face_index >= 0
+    hit = face_index[filled]
+    weights = bary[filled]  # [K,3]
+    corners = faces[hit]  # [K,3]
+    verts = np.asarray(verts, dtype=np.float32)
+    points = np.einsum("kc,kcd->kd", weights, verts[corners])
+    if inset > 0.0:
+        if normals is not None:
+            inward = np.einsum("kc,kcd->kd", weights, np.asarray(normals, dtype=np.float32)[corners])
+            inward /= np.maximum(np.linalg.norm(inward, axis=1, keepdims=True), 1e-12)
+        else:
+            inward = _face_normals(verts, faces)[hit]
+        points = points - inset * inward
+    rgb = np.clip(np.asarray(albedo(points.astype(np.float32)), dtype=np.float32), 0.0, 1.0)
+
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = np.asarray(background, dtype=np.uint8)
+    image[filled] = np.round(rgb * 255.0).astype(np.uint8)
+    return pad_texture(image, filled, padding)
+
+
+def uv_texture(
+    albedo: AlbedoFn,
+    verts: np.ndarray,
+    faces: np.ndarray,
+    texture_size: int,
+    normals: np.ndarray | None = None,
+    inset: float = 0.0,
+) -> UVTexture:
+    """Unwrap the (already decimated) mesh and bake its albedo -> `UVTexture` (see the module docstring).
+
+    `normals` are the input mesh's outward vertex normals, used for the inward sampling offset.
+    """
+    vertex_map, new_faces, uvs = unwrap(verts, faces, texture_size)
+    new_verts = np.asarray(verts, dtype=np.float32)[vertex_map]
+    new_normals = None if normals is None else np.asarray(normals, dtype=np.float32)[vertex_map]
+    image = bake_texture(albedo, new_verts, new_faces, uvs, texture_size, normals=new_normals, inset=inset)
+    return UVTexture(vertices=new_verts, faces=new_faces, uvs=uvs, vertex_map=vertex_map, texture=image)

@@ -1,0 +1,494 @@
+"""Jobs on disk and the one worker thread that runs them.
+
+Layout: `<data_dir>/jobs/<id>/` holds `request.json` (the validated API request), `state.json` (progress
+and outcome), `preview.png` and the engine's results (`mesh.glb`, `mesh.npz`, `texture.png`). Every file
+is written atomically, so a crash never leaves half a file; on start-up the store reads the folders back:
+finished jobs are served again, queued jobs run, and a job that was running is marked failed.
+
+The in-memory `Job` is the truth the HTTP side reads (under one short lock, never held during I/O);
+`state.json` follows it at phase changes and at most once per `state_interval` while optimizing, so
+persistence does not slow the engine down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import secrets
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.config import config_from_dict
+from backend.errors import DreamsmithError, GenerationCancelled, InvalidConfig
+from backend.fileio import write_bytes_atomic, write_json_atomic
+from backend.service.schemas import ARTIFACTS, ApiError
+
+log = logging.getLogger("dreamsmith.service")
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+FINISHED = ("succeeded", "failed", "cancelled")
+INTERRUPTED = "interrupted: the backend stopped while this job was running; submit it again"
+OOM_HINT = (
+    "the {memory} ran out of memory: try a smaller render_size (e.g. 64) or export.mesh_resolution, "
+    "or close other programs that use it"
+)
+# Signature of backend.engine.pipeline.generate (injected so tests can run a fake engine).
+GenerateFn = Callable[..., Any]
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass
+class Job:
+    id: str
+    request: dict[str, Any]
+    dir: Path
+    created_at: float
+    seq: int = 0
+    state: str = "queued"
+    phase: str | None = None
+    step: int = 0
+    steps: int = 0
+    t: int | None = None
+    loss: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    error: str | None = None
+    finished_at: float | None = None
+    artifacts: list[str] = field(default_factory=list)
+    # Live-only fields (not persisted).
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    preview: bytes | None = field(default=None, repr=False)  # latest preview, newer than the file
+    started_mono: float | None = None
+    progress_mono: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The API status object (DESIGN.md, HTTP API v1). Call with the store lock held."""
+        elapsed, eta = self.elapsed_s, self.eta_s
+        if self.state == "running" and self.started_mono is not None:
+            now = time.monotonic()
+            elapsed = now - self.started_mono
+            if eta is not None and self.progress_mono is not None:
+                eta = max(0.0, eta - (now - self.progress_mono))
+        return {
+            "id": self.id,
+            "state": self.state,
+            "phase": self.phase,
+            "step": self.step,
+            "steps": self.steps,
+            "t": self.t,
+            "loss": self.loss,
+            "elapsed_s": round(elapsed, 3),
+            "eta_s": None if eta is None else round(eta, 3),
+            "error": self.error,
+            "artifacts": list(self.artifacts),
+            "request": self.request,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What state.json holds (the request has its own file)."""
+        status = self.status()
+        del status["request"], status["artifacts"]
+        return status
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN/inf; a diverging loss is reported as null (the job fails with a message anyway).
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
+
+
+class JobStore:
+    """All jobs of one data directory, the run queue, and their files."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.jobs_dir = self.data_dir / "jobs"
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._queue: deque[str] = deque()
+        self._seq = 0
+        # One writer at a time per job folder keeps state.json in the order the states happened.
+        self._io_locks: dict[str, threading.Lock] = {}
+
+    # ---- start-up -------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the job folders back after a (re)start."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.jobs_dir.glob(".deleted-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        jobs: list[Job] = []
+        for folder in self.jobs_dir.iterdir():
+            if not (folder.is_dir() and JOB_ID.fullmatch(folder.name)):
+                continue
+            try:
+                jobs.append(self._read_job(folder))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable job folder %s: %s", folder, exc)
+        jobs.sort(key=lambda j: j.created_at)
+        interrupted = []
+        with self._lock:
+            for job in jobs:
+                job.seq = self._next_seq()
+                self._jobs[job.id] = job
+                self._io_locks[job.id] = threading.Lock()
+                if job.state == "running":
+                    job.state, job.error, job.finished_at = "failed", INTERRUPTED, time.time()
+                    interrupted.append(job)
+                elif job.state == "queued":
+                    self._queue.append(job.id)
+        for job in interrupted:
+            self.persist(job)
+        if jobs:
+            log.info(
+                "loaded %d jobs (%d queued, %d interrupted)", len(jobs), len(self._queue), len(interrupted)
+            )
+
+    def _read_job(self, folder: Path) -> Job:
+        request = json.loads((folder / "request.json").read_text("utf-8"))
+        if not isinstance(request, dict):
+            raise ValueError("request.json is not an object")
+        state_path = folder / "state.json"
+        state = json.loads(state_path.read_text("utf-8")) if state_path.exists() else {}
+        job = Job(
+            id=folder.name,
+            request=request,
+            dir=folder,
+            created_at=float(state.get("created_at") or folder.stat().st_mtime),
+        )
+        for name in ("state", "phase", "step", "steps", "t", "loss", "elapsed_s", "eta_s", "error"):
+            if name in state:
+                setattr(job, name, state[name])
+        job.finished_at = state.get("finished_at")
+        if job.state not in ("queued", "running", *FINISHED):
+            raise ValueError(f"unknown state {job.state!r}")
+        job.artifacts = self._artifacts_on_disk(job)
+        return job
+
+    def _artifacts_on_disk(self, job: Job) -> list[str]:
+        # Results count only for a finished, successful job; any job may have a preview.
+        names = ARTIFACTS if job.state == "succeeded" else ("preview.png",)
+        return [n for n in names if (job.dir / n).is_file()]
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # ---- HTTP side ------------------------------------------------------------------------------------
+
+    def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Save a validated request as a new queued job; its files exist before it can run."""
+        job_id = new_job_id()
+        folder = self.jobs_dir / job_id
+        job = Job(id=job_id, request=request, dir=folder, created_at=time.time())
+        job.steps = int(request.get("steps", 0))
+        try:
+            folder.mkdir(parents=True)
+            write_json_atomic(folder / "request.json", request)
+            write_json_atomic(folder / "state.json", job.record())
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(503, "storage_error", f"could not save the job in {folder}: {exc}") from exc
+        with self._lock:
+            job.seq = self._next_seq()
+            self._jobs[job_id] = job
+            self._io_locks[job_id] = threading.Lock()
+            self._queue.append(job_id)
+            self._wake.notify_all()
+        log.info("job %s queued: %r", job_id, request.get("prompt"))
+        return {"id": job_id, "state": "queued"}
+
+    def _get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise ApiError(404, "not_found", "no job with this id (it may have been deleted)", "id")
+        return job
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._get(job_id).status()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.seq, reverse=True)
+            return [j.status() for j in jobs]
+
+    def queued(self) -> int:
+        with self._lock:
+            return sum(1 for j in self._jobs.values() if j.state == "queued")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Queued: cancelled now. Running: the worker stops at the next step. Cancelled: no-op."""
+        with self._lock:
+            job = self._get(job_id)
+            if job.state in ("succeeded", "failed"):
+                raise ApiError(409, "conflict", f"the job already {job.state}; there is nothing to cancel")
+            persist = job.state == "queued"
+            if persist:
+                job.state, job.finished_at = "cancelled", time.time()
+                self._queue.remove(job_id)
+            job.cancel.set()
+            status = job.status()
+        if persist:
+            self.persist(job)
+            log.info("job %s cancelled while queued", job_id)
+        return status
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job that is not running and remove its folder."""
+        with self._lock:
+            job = self._get(job_id)
+            if job.state == "running":
+                raise ApiError(409, "conflict", "the job is running: cancel it first, then delete it")
+            del self._jobs[job_id]
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            io_lock = self._io_locks.pop(job_id)
+        with io_lock:
+            # Rename first so a crash mid-delete never leaves a half job folder that loads again.
+            trash = self.jobs_dir / f".deleted-{job_id}-{secrets.token_hex(4)}"
+            try:
+                job.dir.rename(trash)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                with self._lock:
+                    self._jobs[job_id] = job
+                    self._io_locks[job_id] = io_lock
+                raise ApiError(409, "conflict", f"could not delete the job's files: {exc}") from exc
+            shutil.rmtree(trash, ignore_errors=True)
+        log.info("job %s deleted", job_id)
+
+    def artifact(self, job_id: str, name: str) -> tuple[bytes | None, Path]:
+        """(latest in-memory preview or None, file path) for an artifact the job has; else 404."""
+        with self._lock:
+            job = self._get(job_id)
+            if name not in job.artifacts:
+                raise ApiError(404, "not_found", f"this job has no {name} (yet)")
+            live = job.preview if name == "preview.png" else None
+            return live, job.dir / name
+
+    # ---- worker side ----------------------------------------------------------------------------------
+
+    def next_job(self, stop: threading.Event, timeout: float = 0.5) -> Job | None:
+        """Pop the oldest queued job and mark it running; None when asked to stop."""
+        with self._wake:
+            while not stop.is_set():
+                while self._queue:
+                    job = self._jobs.get(self._queue.popleft())
+                    if job is not None and job.state == "queued":
+                        job.state = "running"
+                        job.started_mono = time.monotonic()
+                        return job
+                self._wake.wait(timeout)
+        return None
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def update(self, job: Job, **changes: Any) -> None:
+        with self._lock:
+            for name, value in changes.items():
+                setattr(job, name, value)
+
+    def persist(self, job: Job, preview: bytes | None = None) -> None:
+        """Write state.json (and a preview) for `job`; a failing disk is logged, never fatal."""
+        with self._lock:
+            record = job.record()
+            io_lock = self._io_locks.get(job.id)
+        if io_lock is None:  # deleted meanwhile
+            return
+        with io_lock:
+            if not job.dir.is_dir():
+                return
+            try:
+                if preview is not None:
+                    write_bytes_atomic(job.dir / "preview.png", preview)
+                write_json_atomic(job.dir / "state.json", record)
+            except OSError as exc:
+                log.warning("could not save the state of job %s: %s", job.id, exc)
+
+    def finish(self, job: Job, state: str, error: str | None = None) -> None:
+        """Record the outcome; files first, so a client never sees an artifact name without its file."""
+        pending = job.preview  # written by the worker thread only, as is this call
+        # A successful engine run writes its own final preview.png; otherwise keep the latest one.
+        if pending is not None and not (state == "succeeded" and (job.dir / "preview.png").is_file()):
+            self.persist(job, preview=pending)
+        names = ARTIFACTS if state == "succeeded" else ("preview.png",)
+        artifacts = [n for n in names if (job.dir / n).is_file()]
+        with self._lock:
+            job.state, job.error, job.finished_at = state, error, time.time()
+            if job.started_mono is not None:
+                job.elapsed_s = time.monotonic() - job.started_mono
+            job.eta_s = 0.0 if state == "succeeded" else None
+            job.artifacts, job.preview = artifacts, None
+        self.persist(job)
+
+
+class Worker:
+    """The one thread that owns the engine (models, GPU) and runs jobs one at a time, oldest first."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        generate: GenerateFn | None = None,
+        priors: Any = None,
+        device: str = "auto",
+        state_interval: float = 1.0,
+        preview_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.device = device
+        self.state_interval = state_interval
+        self.preview_interval = preview_interval
+        self._generate = generate
+        self._priors = priors
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loaded_models: list[str] = []  # snapshot of priors.loaded(), refreshed by this thread
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dreamsmith-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current step; the interrupted job is marked failed, queued jobs stay queued."""
+        self._stop.set()
+        self.store.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the worker did not stop within %.0f s", timeout)
+            self._thread = None
+
+    def _engine(self) -> tuple[GenerateFn, Any]:
+        if self._generate is None:
+            from backend.engine.pipeline import generate
+            from backend.engine.prior import PriorCache
+
+            self._generate = generate
+            if self._priors is None:
+                self._priors = PriorCache()
+        return self._generate, self._priors
+
+    def _run(self) -> None:
+        while True:
+            job = self.store.next_job(self._stop)
+            if job is None:
+                return
+            try:
+                self._execute(job)
+            except BaseException:  # the worker must survive anything a job does
+                log.exception("job %s: unexpected error in the worker", job.id)
+                if job.state == "running":
+                    self.store.finish(job, "failed", "internal error in the backend; see its log")
+
+    def _execute(self, job: Job) -> None:
+        log.info("job %s running", job.id)
+        self.store.persist(job)
+        last_state = last_preview = time.monotonic()
+        pending_preview = False
+
+        def on_progress(p: Any) -> None:
+            nonlocal last_state, last_preview, pending_preview
+            now = time.monotonic()
+            phase_changed = p.phase != job.phase
+            changes: dict[str, Any] = dict(
+                phase=p.phase, step=int(p.step), steps=int(p.steps), progress_mono=now, eta_s=p.eta_s
+            )
+            if p.t is not None:
+                changes["t"] = int(p.t)
+            if p.loss is not None:
+                changes["loss"] = _finite(p.loss)
+            if p.preview_png is not None:
+                changes["preview"] = p.preview_png
+                if "preview.png" not in job.artifacts:
+                    changes["artifacts"] = [*job.artifacts, "preview.png"]
+                pending_preview = True
+            self.store.update(job, **changes)
+            if phase_changed and self._priors is not None and hasattr(self._priors, "loaded"):
+                self.loaded_models = list(self._priors.loaded())
+            write_preview = pending_preview and now - last_preview >= self.preview_interval
+            if phase_changed or write_preview or now - last_state >= self.state_interval:
+                self.store.persist(job, preview=job.preview if write_preview else None)
+                last_state = now
+                if write_preview:
+                    last_preview, pending_preview = now, False
+
+        def should_stop() -> bool:
+            return job.cancel.is_set() or self._stop.is_set()
+
+        try:
+            generate, priors = self._engine()
+            cfg = dataclasses.replace(config_from_dict(job.request), device=self.device)
+            generate(cfg, job.dir, on_progress=on_progress, should_stop=should_stop, priors=priors)
+        except GenerationCancelled:
+            if job.cancel.is_set():
+                self.store.finish(job, "cancelled")
+            else:
+                self.store.finish(job, "failed", INTERRUPTED)
+        except InvalidConfig as exc:
+            self.store.finish(job, "failed", f"invalid request: {exc}")
+        except DreamsmithError as exc:
+            self.store.finish(job, "failed", str(exc) or type(exc).__name__)
+        except Exception as exc:
+            if isinstance(exc, MemoryError):
+                self.store.finish(job, "failed", OOM_HINT.format(memory="computer"))
+            elif _is_gpu_out_of_memory(exc):
+                self.store.finish(job, "failed", OOM_HINT.format(memory="GPU"))
+            else:
+                log.error("job %s failed with an internal error", job.id, exc_info=exc)
+                _write_traceback(job, exc)
+                self.store.finish(
+                    job, "failed", f"internal error ({type(exc).__name__}: {exc}); see the backend log"
+                )
+        else:
+            self.store.finish(job, "succeeded")
+        finally:
+            if self._priors is not None and hasattr(self._priors, "loaded"):
+                self.loaded_models = list(self._priors.loaded())
+            _release_gpu_memory()
+        log.info("job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
+
+
+def _is_gpu_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _release_gpu_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _write_traceback(job: Job, exc: BaseException) -> None:
+    text = "".join(traceback.format_exception(exc))
+    with contextlib.suppress(OSError):
+        write_bytes_atomic(job.dir / "error.log", text.encode("utf-8"))

@@ -1,0 +1,248 @@
+"""The add-on's HTTP client and generation state machine (no Blender needed): every failure becomes one
+plain-words BackendError within a bounded time, requests match the backend's own config reader, and a
+run polls, fetches previews, downloads and imports, or cancels, one short call per tick."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend.config import config_from_dict
+from blender_addon.client import (
+    BackendClient,
+    BackendError,
+    CameraRanges,
+    ExportOptions,
+    GenerationRequest,
+    JobStatus,
+)
+from blender_addon.runner import GenerationRun, run_blocking
+
+Route = Callable[[BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def fake_server() -> Iterator[tuple[str, dict[str, Route], list[tuple[str, str, dict[str, str]]]]]:
+    """A loopback HTTP server answering from `routes` ("METHOD /path" -> handler); records requests."""
+    routes: dict[str, Route] = {}
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append((self.command, self.path, dict(self.headers)))
+            route = routes.get(f"{self.command} {self.path}")
+            if route is None:
+                status, headers, body = 404, {}, b'{"error": {"code": "not_found", "message": "no route"}}'
+            else:
+                status, headers, body = route(self)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes, seen
+    server.shutdown()
+    server.server_close()
+
+
+def json_route(status: int, data: Any) -> Route:
+    def handle(_h: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        return status, {"Content-Type": "application/json"}, json.dumps(data).encode()
+
+    return handle
+
+
+def test_unreachable_backend_fails_fast_with_what_to_do() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        BackendClient(url).health()
+    assert time.monotonic() - started < 5.0
+    assert err.value.unreachable
+    assert str(err.value) == (
+        f"Dreamsmith backend is not reachable at {url}: start it from the add-on preferences or run "
+        "`python -m backend serve`"
+    )
+
+
+def test_a_backend_that_accepts_but_never_answers_times_out() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        client = BackendClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"did not answer within 0.5 s"):
+            client.job("abc")
+        assert time.monotonic() - started < 3.0
+    finally:
+        listener.close()
+
+
+def test_backend_errors_become_plain_words(fake_server) -> None:
+    url, routes, seen = fake_server
+    routes["POST /v1/jobs"] = json_route(
+        422,
+        {"error": {"code": "invalid_request", "message": "must be between 1 and 20000", "field": "steps"}},
+    )
+    routes["GET /v1/health"] = json_route(401, {"error": {"code": "unauthorized", "message": "bad token"}})
+    routes["GET /v1/jobs/gone"] = json_route(404, {"error": {"code": "not_found", "message": "no job gone"}})
+    client = BackendClient(url, token="s3cret")
+
+    with pytest.raises(BackendError) as err:
+        client.submit(GenerationRequest(prompt="x"))
+    assert (err.value.status, err.value.field) == (422, "steps")
+    assert "refused the settings 'steps': must be between 1 and 20000" in str(err.value)
+    with pytest.raises(BackendError, match="needs a token"):
+        client.health()
+    with pytest.raises(BackendError, match="does not have that job"):
+        client.job("gone")
+    assert all(headers.get("Authorization") == "Bearer s3cret" for _m, _p, headers in seen)
+
+
+def test_something_else_on_the_port_is_named_as_such(fake_server) -> None:
+    url, routes, _seen = fake_server
+    routes["GET /v1/health"] = lambda _h: (200, {"Content-Type": "text/html"}, b"<html>hello</html>")
+    with pytest.raises(BackendError, match="did not answer like a Dreamsmith backend"):
+        BackendClient(url).health()
+    with pytest.raises(BackendError, match="not valid"):
+        BackendClient("localhost:8765")
+
+
+def test_requests_are_what_the_backend_accepts() -> None:
+    request = GenerationRequest(
+        prompt="a red cube",
+        negative_prompt="blurry",
+        method="asd",
+        steps=12,
+        seed=3,
+        guidance_scale=0.0,
+        model="  ",
+        render_size=32,
+        camera=CameraRanges(elevation_deg=(0.0, 30.0), front_azimuth_deg=15.0),
+        export=ExportOptions(mesh_resolution=48, texture="uv", texture_size=256, target_faces=5000),
+    )
+    body = request.to_json()
+    assert "guidance_scale" not in body and "model" not in body  # 0 / empty mean "backend default"
+    cfg = config_from_dict(json.loads(json.dumps(body)))
+    assert (cfg.method, cfg.steps, cfg.seed, cfg.render_size) == ("asd", 12, 3, 32)
+    assert cfg.camera.elevation_deg == (0.0, 30.0) and cfg.camera.front_azimuth_deg == 15.0
+    assert (cfg.export.texture, cfg.export.mesh_resolution) == ("uv", 48)
+    assert GenerationRequest.from_json(body).to_json() == body
+    assert (
+        config_from_dict(GenerationRequest(prompt="x", guidance_scale=20, model="m").to_json()).model == "m"
+    )
+
+
+class ScriptedClient:
+    """Stands in for BackendClient: job states come from a script; every call is recorded."""
+
+    def __init__(self, states: list[JobStatus], tmp: Path) -> None:
+        self.states = states
+        self.calls: list[str] = []
+        self.tmp = tmp
+
+    def submit(self, request: GenerationRequest) -> JobStatus:
+        self.calls.append("submit")
+        return JobStatus(id="j1", state="queued", steps=request.steps)
+
+    def job(self, job_id: str) -> JobStatus:
+        self.calls.append("job")
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def cancel(self, job_id: str) -> JobStatus:
+        self.calls.append("cancel")
+        return JobStatus(id=job_id, state="cancelled")
+
+    def download(self, job_id: str, name: str, dest: Path, *, quick: bool = False) -> Path:
+        self.calls.append(f"download {name}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if name == "mesh.npz":
+            np.savez(dest, vertices=np.zeros((3, 3), np.float32), faces=np.array([[0, 1, 2]], np.int32),
+                     colors=np.zeros((3, 4), np.uint8))  # fmt: skip
+        else:
+            dest.write_bytes(b"png")
+        return dest
+
+
+def status(state: str, step: int = 0, artifacts: tuple[str, ...] = ()) -> JobStatus:
+    return JobStatus(id="j1", state=state, phase="optimizing", step=step, steps=10, artifacts=list(artifacts))
+
+
+def test_run_polls_fetches_a_preview_then_downloads_and_imports(tmp_path: Path) -> None:
+    client = ScriptedClient(
+        [
+            status("running", 2, ("preview.png",)),
+            status("running", 5, ("preview.png",)),
+            status("succeeded", 10, ("preview.png", "mesh.npz", "mesh.glb", "texture.png")),
+        ],
+        tmp_path,
+    )
+    imported: list[Any] = []
+    run = GenerationRun(client, GenerationRequest(prompt="x", steps=10), tmp_path, imported.append)  # type: ignore[arg-type]
+    run_blocking(run, poll_interval_s=0.0)
+    assert run.outcome == "succeeded" and run.error is None
+    assert client.calls == [
+        "submit",
+        "job",
+        "download preview.png",
+        "job",  # a second preview waits for PREVIEW_INTERVAL_S
+        "job",
+        "download mesh.npz",
+        "download texture.png",
+    ]
+    (done,) = imported
+    assert (
+        done.mesh_npz == tmp_path / "j1" / "mesh.npz" and done.texture_png == tmp_path / "j1" / "texture.png"
+    )
+    assert run.preview_version == 1 and run.preview_path == tmp_path / "j1" / "preview.png"
+
+
+def test_run_cancel_tells_the_backend_and_imports_nothing(tmp_path: Path) -> None:
+    client = ScriptedClient([status("running", 1)], tmp_path)
+    imported: list[Any] = []
+    run = GenerationRun(client, GenerationRequest(prompt="x"), tmp_path, imported.append)  # type: ignore[arg-type]
+    run.start()
+    assert run.tick() is False
+    run.request_cancel()
+    assert run.tick() is True
+    assert run.outcome == "cancelled" and imported == []
+    assert client.calls == ["submit", "job", "cancel"]
+
+
+def test_failed_jobs_and_timeouts_end_with_a_message(tmp_path: Path) -> None:
+    failed = JobStatus(id="j1", state="failed", error="Model folder /nope does not exist")
+    run = GenerationRun(ScriptedClient([failed], tmp_path), GenerationRequest(prompt="x"), tmp_path, print)  # type: ignore[arg-type]
+    run_blocking(run, poll_interval_s=0.0)
+    assert (run.outcome, run.error) == ("failed", "Model folder /nope does not exist")
+
+    client = ScriptedClient([status("running", 1)], tmp_path)
+    run = GenerationRun(client, GenerationRequest(prompt="x"), tmp_path, print)  # type: ignore[arg-type]
+    run_blocking(run, timeout_s=0.05, poll_interval_s=0.01)
+    assert run.outcome == "failed" and "did not finish within 0.05 s" in (run.error or "")
+    assert client.calls[-1] == "cancel"
