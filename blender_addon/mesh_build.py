@@ -199,7 +199,7 @@ def create_result_object(
 
 
 def select_only(view_layer: bpy.types.ViewLayer, obj: bpy.types.Object) -> None:
-    for other in view_layer.objects.selected:
+    for other in list(view_layer.objects.selected):
         other.select_set(False)
     obj.select_set(True)
     view_layer.objects.active = obj

@@ -472,7 +472,12 @@ def _watch_start(proc: backend_process.BackendProcess, client: BackendClient) ->
             return None
         return TIMER_INTERVAL_S
 
+    _WATCHERS.append(tick)
     bpy.app.timers.register(tick, first_interval=TIMER_INTERVAL_S)
+
+
+# Start-up watchers still registered as timers; removed on unregister.
+_WATCHERS: list[Any] = []
 
 
 class DREAMSMITH_OT_stop_backend(bpy.types.Operator):
@@ -515,6 +520,10 @@ def register() -> None:
 
 
 def unregister() -> None:
+    for watcher in _WATCHERS:
+        if bpy.app.timers.is_registered(watcher):
+            bpy.app.timers.unregister(watcher)
+    _WATCHERS.clear()
     proc = session.STATE.process
     if proc is not None:
         proc.stop()

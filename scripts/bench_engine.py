@@ -80,7 +80,9 @@ def sd21_base_prior(device: torch.device) -> Prior:
     return Prior("sd21-base-architecture", unet, text, tiny_clip_tokenizer(), scheduler, vae, device, dtype)
 
 
-def measure(name: str, prior: Prior, cfg: GenerationConfig, device: torch.device, warmup: int, steps: int) -> dict:
+def measure(
+    name: str, prior: Prior, cfg: GenerationConfig, device: torch.device, warmup: int, steps: int
+) -> dict:
     timer = StepTimer(enabled=False, device=device)
     run = DistillationRun(cfg, prior, device, timer=timer)
     for i in range(warmup):
@@ -114,21 +116,33 @@ def print_table(rows: list[dict]) -> None:
     head = ["model", "method", "size", "step ms", "steps/s", *[f"{p} ms" for p in PARTS], "step/guid"]
     print(" | ".join(f"{h:>10}" for h in head))
     for r in rows:
-        cells = [r["model"][:10], r["method"], r["render_size"], f"{r['step_s'] * 1e3:.1f}", f"{r['steps_per_s']:.2f}"]
+        cells = [
+            r["model"][:10],
+            r["method"],
+            r["render_size"],
+            f"{r['step_s'] * 1e3:.1f}",
+            f"{r['steps_per_s']:.2f}",
+        ]
         cells += [f"{r[f'{p}_s'] * 1e3:.1f}" for p in PARTS]
         cells.append(f"{r['step_over_guidance']:.2f}" if r["step_over_guidance"] else "-")
         print(" | ".join(f"{c:>10}" for c in cells))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default="tp-sds,asd", help="comma-separated methods to time")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--demo", action="store_true", help="also time the built-in demo prior at its defaults")
     parser.add_argument(
-        "--gpu-sd21-size", action="store_true", help="time SD 2.1-base's architecture (random weights) at 64x64, fp16"
+        "--demo", action="store_true", help="also time the built-in demo prior at its defaults"
+    )
+    parser.add_argument(
+        "--gpu-sd21-size",
+        action="store_true",
+        help="time SD 2.1-base's architecture (random weights) at 64x64, fp16",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "engine.json")
     args = parser.parse_args()

@@ -190,7 +190,9 @@ def mesh_inside(vertices: np.ndarray, faces: np.ndarray, resolution: int, bound:
 class JanusProbe:
     """Front and back cameras with the pixels of the true door area and of the wall around it."""
 
-    def __init__(self, obj: DemoObject, size: int = 64, elevation: float = 5.0, distance: float = 2.0) -> None:
+    def __init__(
+        self, obj: DemoObject, size: int = 64, elevation: float = 5.0, distance: float = 2.0
+    ) -> None:
         from backend.engine.cameras import camera_rays, orbit_camera
 
         self.obj = obj
@@ -204,8 +206,12 @@ class JanusProbe:
             on_wall = hit & (p[:, 1] * sign > hy - 0.01) & (p[:, 2] < demo_world.HOUSE_WALL_CENTRE_Z + 0.3)
             door = (p[:, 0].abs() < demo_world.DOOR_HALF_WIDTH) & (p[:, 2] < demo_world.DOOR_TOP_Z)
             # Shrink both areas one pixel's worth so edge blur does not mix them.
-            inner = (p[:, 0].abs() < demo_world.DOOR_HALF_WIDTH - 0.03) & (p[:, 2] < demo_world.DOOR_TOP_Z - 0.03)
-            outer = (p[:, 0].abs() > demo_world.DOOR_HALF_WIDTH + 0.03) | (p[:, 2] > demo_world.DOOR_TOP_Z + 0.03)
+            inner = (p[:, 0].abs() < demo_world.DOOR_HALF_WIDTH - 0.03) & (
+                p[:, 2] < demo_world.DOOR_TOP_Z - 0.03
+            )
+            outer = (p[:, 0].abs() > demo_world.DOOR_HALF_WIDTH + 0.03) | (
+                p[:, 2] > demo_world.DOOR_TOP_Z + 0.03
+            )
             door_px = (on_wall & door & inner).numpy()
             wall_px = (on_wall & ~door & outer).numpy()
             self.views[name] = (rays_o, rays_d, door_px, wall_px)
@@ -238,8 +244,12 @@ class Truth:
 
     def __init__(self, obj: DemoObject, eval_res: int, bound: float) -> None:
         self.obj = obj
-        self.grid_occ = demo_world.occupancy(obj, grid_points(eval_res, bound)).reshape((eval_res,) * 3).numpy()
-        self.cell_occ = demo_world.occupancy(obj, cell_centres(eval_res, bound)).reshape((eval_res,) * 3).numpy()
+        self.grid_occ = (
+            demo_world.occupancy(obj, grid_points(eval_res, bound)).reshape((eval_res,) * 3).numpy()
+        )
+        self.cell_occ = (
+            demo_world.occupancy(obj, cell_centres(eval_res, bound)).reshape((eval_res,) * 3).numpy()
+        )
         self.surface = visible_surface_points(obj, 4096, seed=1234)
         self.surface_albedo = demo_world.albedo(obj, self.surface).numpy()
         self.janus = JanusProbe(obj) if obj.has_front else None
@@ -484,7 +494,9 @@ def plot(records: list[dict[str, Any]], args: argparse.Namespace, path: Path) ->
             curves = np.array([[p["iou"] for p in r["curve"]] for r in rs])
             ax.plot(steps, curves.mean(axis=0), color=colours.get(method), label=method, lw=2)
             if len(rs) > 1:
-                ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=colours.get(method), alpha=0.12)
+                ax.fill_between(
+                    steps, curves.min(axis=0), curves.max(axis=0), color=colours.get(method), alpha=0.12
+                )
         for x in args.thresholds:
             ax.axhline(x, color="grey", lw=0.8, ls=":")
         ax.set_title(panel)
@@ -508,7 +520,9 @@ def plot(records: list[dict[str, Any]], args: argparse.Namespace, path: Path) ->
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 prompts x 2 seeds x 4 methods, fewer steps")
-    parser.add_argument("--model", default=None, help="diffusers model folder or hub id (default: demo prior)")
+    parser.add_argument(
+        "--model", default=None, help="diffusers model folder or hub id (default: demo prior)"
+    )
     parser.add_argument("--prompts", nargs="+", default=None, help="world prompts, e.g. 'a red sphere'")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -520,7 +534,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument("--thresholds", nargs="+", type=float, default=list(IOU_THRESHOLDS))
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--keep-meshes", default=None, help="copy every run's exported files into this folder")
+    parser.add_argument(
+        "--keep-meshes", default=None, help="copy every run's exported files into this folder"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "quality.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench_results" / "quality_iou.png")
     args = parser.parse_args(argv)
@@ -550,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
     if args.model is None and not (DEMO_PRIOR_PATH / "model_index.json").is_file():
-        print(f"bench_quality: the demo prior is missing ({DEMO_PRIOR_PATH}); train it or pass --model", file=sys.stderr)
+        print(
+            f"bench_quality: the demo prior is missing ({DEMO_PRIOR_PATH}); train it or pass --model",
+            file=sys.stderr,
+        )
         return 2
     device = resolve_device(args.device)
     start = time.perf_counter()

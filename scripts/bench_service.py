@@ -1,6 +1,6 @@
 """Benchmark the HTTP service: status-poll latency while a job runs, and the service's overhead over the engine.
 
-    python scripts/bench_service.py [--model DIR] [--steps 100] [--repeats 3] [--out bench_results/service.json]
+    python scripts/bench_service.py [--model DIR] [--steps 6] [--repeats 2] [--out bench_results/service.json]
 
 1. Overhead: the same generation run by `backend.engine.pipeline.generate` in this process (baseline)
    and through the service (`python -m backend serve` in a subprocess, polled twice a second like the
@@ -114,11 +114,11 @@ def poll_latencies(client: httpx.Client, path: str, n: int, interval_s: float) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="diffusers folder or hub id (default: a tiny random model)")
-    parser.add_argument("--steps", type=int, default=100, help="steps of the timed job")
-    parser.add_argument("--render-size", type=int, default=32)
-    parser.add_argument("--mesh-resolution", type=int, default=32)
-    parser.add_argument("--preview-every", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="bare/service pairs (medians are compared)")
+    parser.add_argument("--steps", type=int, default=6, help="steps of the timed job")
+    parser.add_argument("--render-size", type=int, default=16)
+    parser.add_argument("--mesh-resolution", type=int, default=16)
+    parser.add_argument("--preview-every", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="bare/service pairs (medians are compared)")
     parser.add_argument("--polls", type=int, default=400, help="status polls per latency measurement")
     parser.add_argument("--poll-interval", type=float, default=0.02, help="seconds between polls")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))

@@ -96,7 +96,9 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--faces", type=int, default=50000, help="decimation target (default 50000)")
     parser.add_argument("--size", type=int, default=1024, help="texture size (default 1024)")
     parser.add_argument("--resolution", type=int, default=192, help="marching-cubes grid (default 192)")
@@ -119,7 +121,9 @@ def main() -> None:
         variants.append(("xatlas defaults (baseline)", None))
     rows = [run(n, field, verts, faces, args.size, args.faces, b, args.samples) for n, b in variants]
 
-    print(f"mesh: {len(faces)} faces from a {args.resolution}^3 grid in {mesh_s:.1f} s; texture {args.size}^2")
+    print(
+        f"mesh: {len(faces)} faces from a {args.resolution}^3 grid in {mesh_s:.1f} s; texture {args.size}^2"
+    )
     header = f"{'options':44s} {'faces':>6s} {'decim s':>7s} {'unwrap s':>8s} {'bake s':>6s} {'total s':>7s}"
     print(header + f" {'texels':>6s} {'err mean':>8s} {'err p99':>7s}")
     for r in rows:
@@ -132,7 +136,10 @@ def main() -> None:
     if len(rows) == 2:
         print(f"speed-up over the baseline: {float(rows[1]['total_s']) / float(rows[0]['total_s']):.1f}x")
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "resolution": args.resolution,
         "texture_size": args.size,
         "target_faces": args.faces,

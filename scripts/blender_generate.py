@@ -145,9 +145,12 @@ def export_glb(bpy: Any, obj: Any, path: Path) -> None:
     for other in bpy.context.view_layer.objects:
         other.select_set(other == obj)
     bpy.context.view_layer.objects.active = obj
-    bpy.ops.export_scene.gltf(
-        filepath=str(path), export_format="GLB", use_selection=True, export_vertex_color="MATERIAL"
-    )
+    options = {"filepath": str(path), "export_format": "GLB", "use_selection": True}
+    try:
+        # Blender 4.2+ names: write the colour attribute the material uses as COLOR_0.
+        bpy.ops.export_scene.gltf(**options, export_vertex_color="MATERIAL")
+    except TypeError:  # an exporter without that option
+        bpy.ops.export_scene.gltf(**options)
 
 
 def render_png(bpy: Any, obj: Any, path: Path, resolution: int, samples: int) -> None:
@@ -179,6 +182,8 @@ def render_png(bpy: Any, obj: Any, path: Path, resolution: int, samples: int) ->
     scene.collection.objects.link(sun)
     if scene.world is None:
         scene.world = bpy.data.worlds.new("Dreamsmith World")
+    if bpy.app.version < (5, 0, 0):
+        scene.world.use_nodes = True  # always on from Blender 5.0
     world_tree = scene.world.node_tree
     background = world_tree.nodes.get("Background") if world_tree is not None else None
     if background is not None:

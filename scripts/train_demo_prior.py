@@ -47,7 +47,7 @@ UNET_CONFIG = dict(
     sample_size=32,
     in_channels=3,
     out_channels=3,
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(16, 32, 64),
     layers_per_block=1,
     down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -116,9 +116,18 @@ def build_tokenizer(out_dir: Path):
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
-    # Written by save_pretrained: vocab.json, merges.txt (and tokenizer.json); reload to check the files.
+    save_tokenizer(tok, out_dir, vocab, merges)
+    tok = CLIPTokenizer.from_pretrained(out_dir)  # what the engine will load
+    tok.bpe_files = (vocab, merges)
+    return tok
+
+
+def save_tokenizer(tok, out_dir: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    """save_pretrained writes tokenizer.json; vocab.json + merges.txt too, for the classic CLIP loaders."""
     tok.save_pretrained(out_dir)
-    return CLIPTokenizer.from_pretrained(out_dir)
+    write_json_atomic(out_dir / "vocab.json", vocab)
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    write_bytes_atomic(out_dir / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def check_tokenizer(tok) -> None:
@@ -218,7 +227,7 @@ def save_prior(out: Path, unet, text_encoder, tok, scheduler, card: str, extra: 
     try:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-        tok.save_pretrained(tmp / "tokenizer")
+        save_tokenizer(tok, tmp / "tokenizer", *tok.bpe_files)
         scheduler.save_pretrained(tmp / "scheduler")
         index = {
             "_class_name": PIXEL_PIPELINE_CLASS,
@@ -308,13 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="dataset cache and logs")
-    parser.add_argument("--dataset-size", type=int, default=24000)
+    parser.add_argument("--dataset-size", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--ema-decay", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every-min", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    # One thread: on a shared, oversubscribed CPU, OpenMP barriers with 2+ threads stall badly.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--render-only", action="store_true", help="render and cache the dataset, then exit")
     args = parser.parse_args(argv)
 
@@ -351,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ema = EMA([unet, text_encoder], args.ema_decay)
     abar = scheduler.alphas_cumprod.to(device)
     gen = torch.Generator().manual_seed(args.seed)
-    warmup = 200
+    warmup = 100
 
     log_dir = args.cache / "train_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(log_dir / "train_log.json", log)
         if png:
             write_bytes_atomic(log_dir / "loss.png", png)
-        print(f"saved {args.out} at step {step} ({elapsed / 60:.1f} min, loss {info['final_loss']:.4f})", flush=True)
+        print(
+            f"saved {args.out} at step {step} ({elapsed / 60:.1f} min, loss {info['final_loss']:.4f})",
+            flush=True,
+        )
 
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -438,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
             ema.update()
             step += 1
             elapsed = time.time() - t0
-            rows.append({"step": step, "elapsed_s": round(elapsed, 2), "loss": float(loss), "lr": lr})
-            writer.writerow([step, f"{elapsed:.2f}", f"{float(loss):.5f}", f"{lr:.6g}"])
+            rows.append(
+                {"step": step, "elapsed_s": round(elapsed, 2), "loss": float(loss.detach()), "lr": lr}
+            )
+            writer.writerow([step, f"{elapsed:.2f}", f"{float(loss.detach()):.5f}", f"{lr:.6g}"])
             if step % 50 == 0:
                 f.flush()
                 mean = np.mean([r["loss"] for r in rows[-50:]])

@@ -202,7 +202,7 @@ def _srgb_from_linear_u8(c: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def figure_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[ex.ExportResult, Path]:
     out = tmp_path_factory.mktemp("figure")
-    cfg = ExportConfig(mesh_resolution=64, texture="vertex", target_faces=3000)
+    cfg = ExportConfig(mesh_resolution=64, texture="vertex", target_faces=3000, threshold=25.0)
     return ex.export_result(figure(), cfg, out, b"\x89PNG preview"), out
 
 
@@ -219,7 +219,7 @@ def test_export_writes_the_contract_files(figure_export: tuple[ex.ExportResult, 
     assert f.dtype == np.int32 and f.ndim == 2 and f.shape[1] == 3
     assert c.dtype == np.uint8 and c.shape == (len(v), 4)
     assert (result.n_vertices, result.n_faces) == (len(v), len(f))
-    assert 0 <= f.min() and f.max() < len(v) and len(f) <= 3000
+    assert f.min() >= 0 and f.max() < len(v) and len(f) <= 3000
     assert np.abs(v).max() <= 1.0
     # Z up, front toward -Y: the head's top and the nose's tip.
     assert v[:, 2].max() == pytest.approx(0.65, abs=0.02)
@@ -285,10 +285,15 @@ print("RESULT" + json.dumps({"co": co.tolist(), "srgb": (col[:, :3] * 255).tolis
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel")
-def test_blender_imports_the_glb_upright_with_srgb_colours(figure_export: tuple[ex.ExportResult, Path]) -> None:
+def test_blender_imports_the_glb_upright_with_srgb_colours(
+    figure_export: tuple[ex.ExportResult, Path],
+) -> None:
     _, out = figure_export
     run = subprocess.run(
-        [sys.executable, "-c", BLENDER_CHECK, str(out / "mesh.glb")], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", BLENDER_CHECK, str(out / "mesh.glb")],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT"))
     data = json.loads(line[len("RESULT") :])

@@ -34,8 +34,8 @@ from backend.service.server import free_port, is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = ("succeeded", "failed", "cancelled")
-# Small enough that one real job takes seconds on a CPU.
-TINY_JOB = {"steps": 6, "render_size": 32, "preview_every": 2, "export": {"mesh_resolution": 32}}
+# As small as the API allows: a real job is then a few CPU-seconds per step plus one preview and export.
+TINY_JOB = {"steps": 2, "render_size": 16, "preview_every": 2, "export": {"mesh_resolution": 16}}
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -480,50 +480,47 @@ def real_engine() -> None:
     pytest.importorskip("backend.engine.pipeline", reason="engine not available")
 
 
-def test_real_engine_submit_poll_download_fail_and_restart(
+def test_real_engine_fail_cancel_succeed_download_and_restart(
     start, real_engine, tiny_latent_prior, tmp_path
 ) -> None:
+    """One queue as a user sees it: a bad model path fails, a long job is cancelled mid-run, the next
+    job succeeds with a mesh that loads; after a restart all three are listed and the mesh downloads."""
     import trimesh
 
     data = tmp_path / "data"
+    model = str(tiny_latent_prior)
     api = start(data_dir=data)
-    missing = api.submit("a red cube", model=str(tmp_path / "no-such-model"), **TINY_JOB)
-    job = api.submit("a red cube", model=str(tiny_latent_prior), **TINY_JOB)
+    missing = api.submit("a red cube", **{**TINY_JOB, "model": str(tmp_path / "no-such-model")})
+    long = api.submit("a blue sphere", **{**TINY_JOB, "model": model, "steps": 5000})
+    job = api.submit("a red cube", **{**TINY_JOB, "model": model})
+
     failed = api.wait(missing)
-    assert failed["state"] == "failed" and failed["error"] and "no-such-model" in failed["error"]
-    done = api.wait(job)
+    assert failed["state"] == "failed" and "no-such-model" in failed["error"]
+    api.wait(long, lambda s: s["phase"] == "optimizing" and s["step"] >= 1, timeout=300)
+    at_cancel = api.client.post(f"/v1/jobs/{long}/cancel").json()["step"]
+    cancelled = api.wait(long, timeout=300)
+    assert cancelled["state"] == "cancelled" and cancelled["step"] <= at_cancel + 1
+    assert api.wait(job, lambda s: "preview.png" in s["artifacts"], timeout=300)["step"] >= 2  # live preview
+    done = api.wait(job, timeout=300)
     assert done["state"] == "succeeded", done["error"]
-    assert done["step"] == done["steps"] == 6 and done["loss"] is not None
+    assert done["step"] == done["steps"] == TINY_JOB["steps"] and done["loss"] is not None
     assert {"preview.png", "mesh.glb", "mesh.npz"} <= set(done["artifacts"])
     preview = api.client.get(f"/v1/jobs/{job}/preview.png")
     assert Image.open(io.BytesIO(preview.content)).format == "PNG"
     glb = api.client.get(f"/v1/jobs/{job}/mesh.glb")
     assert glb.status_code == 200 and glb.headers["content-type"] == "model/gltf-binary"
     scene = trimesh.load(io.BytesIO(glb.content), file_type="glb")
+    assert len(scene.geometry) >= 1
     npz = np.load(io.BytesIO(api.client.get(f"/v1/jobs/{job}/mesh.npz").content))
     assert npz["vertices"].dtype == np.float32 and npz["vertices"].shape[1] == 3
     assert npz["faces"].dtype == np.int32 and npz["faces"].shape[1] == 3
     assert npz["colors"].dtype == np.uint8 and npz["colors"].shape == (len(npz["vertices"]), 4)
-    assert len(scene.geometry) >= 1
-    loaded = api.client.get("/v1/health").json()["models"]["loaded"]
-    assert len(loaded) == 1
+    assert len(api.client.get("/v1/health").json()["models"]["loaded"]) == 1  # loaded once, kept
     stop(api)
 
     api = start(data_dir=data)
     listed = {j["id"]: j["state"] for j in api.client.get("/v1/jobs").json()["jobs"]}
-    assert listed == {job: "succeeded", missing: "failed"}
+    assert listed == {job: "succeeded", long: "cancelled", missing: "failed"}
     again = np.load(io.BytesIO(api.client.get(f"/v1/jobs/{job}/mesh.npz").content))
     assert np.array_equal(again["vertices"], npz["vertices"])
     assert api.client.get(f"/v1/jobs/{job}/mesh.glb").content == glb.content
-
-
-def test_real_engine_cancel_running_job_then_next_runs(start, real_engine, tiny_latent_prior) -> None:
-    api = start()
-    model = str(tiny_latent_prior)
-    long = api.submit("a blue sphere", model=model, **{**TINY_JOB, "steps": 5000})
-    after = api.submit("a red cube", model=model, **TINY_JOB)
-    api.wait(long, lambda s: s["phase"] == "optimizing" and s["step"] >= 2)
-    at_cancel = api.client.post(f"/v1/jobs/{long}/cancel").json()["step"]
-    final = api.wait(long, timeout=30)
-    assert final["state"] == "cancelled" and final["step"] <= at_cancel + 1
-    assert api.wait(after)["state"] == "succeeded"

@@ -76,7 +76,9 @@ def test_baked_texture_reproduces_the_field_at_vertices_and_face_centres(
     verts, uvs, faces = baked.vertices, baked.uvs, baked.faces
     at_vertices = np.abs(tx.sample_texture(baked.texture, uvs) - _truth(verts)).max(axis=1)
     centres = verts[faces].mean(axis=1)
-    at_centres = np.abs(tx.sample_texture(baked.texture, uvs[faces].mean(axis=1)) - _truth(centres)).max(axis=1)
+    at_centres = np.abs(tx.sample_texture(baked.texture, uvs[faces].mean(axis=1)) - _truth(centres)).max(
+        axis=1
+    )
     for err, points in ((at_vertices, verts), (at_centres, centres)):
         assert err.mean() < 4.0
         # Away from the red/blue boundary at x = 0 the colour is exact up to rounding.
@@ -94,9 +96,10 @@ def _bilinear_texels(size: int, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return size - 1 - rows_up, cols
 
 
-def _edge_points(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """uvs at every triangle corner and at 1/4, 1/2, 3/4 along every edge -> [K,2]."""
-    tri = uvs[faces]
+def _edge_points(values: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per-vertex values (uvs or positions) at every triangle corner and at 1/4, 1/2, 3/4 along every
+    edge -> [K, D]."""
+    tri = values[faces]
     points = [tri[:, k] for k in range(3)]
     for a, b in ((0, 1), (1, 2), (2, 0)):
         for t in (0.25, 0.5, 0.75):
@@ -106,21 +109,28 @@ def _edge_points(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 def test_seams_never_read_the_background(baked: tx.UVTexture) -> None:
     normals = ex.vertex_normals(baked.vertices, baked.faces)
-    common = dict(normals=normals, inset=0.01, background=MAGENTA)
-    padded = tx.bake_texture(albedo, baked.vertices, baked.faces, baked.uvs, SIZE, padding=2, **common)
-    unpadded = tx.bake_texture(albedo, baked.vertices, baked.faces, baked.uvs, SIZE, padding=0, **common)
+    common = dict(normals=normals, inset=0.01, background=MAGENTA, padding=0)
+    # No dilation at all: the bake alone must cover every texel a lookup on a triangle reads.
+    image = tx.bake_texture(albedo, baked.vertices, baked.faces, baked.uvs, SIZE, **common)
+    centres_only = tx.bake_texture(
+        albedo, baked.vertices, baked.faces, baked.uvs, SIZE, conservative=False, **common
+    )
     rows, cols = _bilinear_texels(SIZE, _edge_points(baked.uvs, baked.faces))
 
     def is_background(image: np.ndarray) -> np.ndarray:
         return (image == MAGENTA).all(axis=-1)
 
-    # The fill colour is really there between charts, and unpadded borders would read it ...
-    assert is_background(padded).mean() > 0.05
-    assert is_background(unpadded)[rows, cols].any()
-    # ... but after padding no lookup at any corner or edge touches it.
-    assert not is_background(padded)[rows, cols].any()
-    # The export's texture (padded everywhere) has no fill colour left at all.
+    # The fill colour is really there between charts, and texel-centre rasterization alone reads it ...
+    assert is_background(image).mean() > 0.05
+    assert is_background(centres_only)[rows, cols].any()
+    # ... but the conservative bake never lets a lookup at a corner or along an edge touch it.
+    assert not is_background(image)[rows, cols].any()
+    # The export's texture (padded everywhere) has no fill colour left at all, and its corners and edges
+    # read their own chart's colour, not a neighbouring chart's.
     assert not is_background(baked.texture).any()
+    points = _edge_points(baked.vertices, baked.faces)
+    err = np.abs(tx.sample_texture(baked.texture, _edge_points(baked.uvs, baked.faces)) - _truth(points))
+    assert err.max(axis=1)[np.abs(points[:, 0]) > 0.03].max() <= 1.0
 
 
 def test_v_is_zero_at_the_bottom_of_the_image() -> None:
@@ -128,11 +138,14 @@ def test_v_is_zero_at_the_bottom_of_the_image() -> None:
     verts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=np.float32)
     faces = np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32)
     uvs = np.array([[0, 0], [1, 0], [1, 0.5], [0, 0.5]], dtype=np.float32)
-    image = tx.bake_texture(lambda p: np.tile([1.0, 0.0, 0.0], (len(p), 1)), verts, faces, uvs, 8, padding=0)
+    image = tx.bake_texture(
+        lambda p: np.tile([1.0, 0.0, 0.0], (len(p), 1)), verts, faces, uvs, 8, padding=0, conservative=False
+    )
     assert (image[4:] == [255, 0, 0]).all()
     assert (image[:4] == 0).all()
     face_index, bary = tx.rasterize(uvs, faces, 8)
     np.testing.assert_allclose(bary.sum(axis=-1)[face_index >= 0], 1.0, atol=1e-6)
+    assert (face_index[3] >= 0).all() and (face_index[:3] < 0).all()  # conservative: one texel row more
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +163,9 @@ def test_uv_export_files_and_arrays(uv_export: tuple[ex.ExportResult, Path]) -> 
     assert set(arrays) == {"vertices", "faces", "colors", "uvs"}
     v, f, c, uv = arrays["vertices"], arrays["faces"], arrays["colors"], arrays["uvs"]
     assert v.dtype == np.float32 and v.shape[1] == 3 and f.dtype == np.int32 and f.shape[1] == 3
-    assert c.dtype == np.uint8 and c.shape == (len(v), 4) and uv.dtype == np.float32 and uv.shape == (len(v), 2)
+    assert (
+        c.dtype == np.uint8 and c.shape == (len(v), 4) and uv.dtype == np.float32 and uv.shape == (len(v), 2)
+    )
     assert (result.n_vertices, result.n_faces) == (len(v), len(f))
     texture = np.asarray(Image.open(out / "texture.png").convert("RGB"))
     assert texture.shape == (SIZE, SIZE, 3)

@@ -118,7 +118,8 @@ class TorchHashGrid(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [N, 3] in [0, 1]^3 -> features [N, L * F] (level-major, as tinycudann)."""
-        xt = x.detach().to(self.table.dtype).clamp(0.0, 1.0).t().contiguous()
+        # NaN would index outside the table; map it to the box's corner (the field zeroes such points anyway).
+        xt = torch.nan_to_num(x.detach().to(self.table.dtype), nan=0.0).clamp(0.0, 1.0).t().contiguous()
         return _HashGridFunction.apply(self.table, xt, self)
 
 

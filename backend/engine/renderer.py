@@ -10,8 +10,8 @@ Both compute, per sample i along a ray, w_i = T_i (1 - exp(-sigma_i delta_i)) wi
 T_i = exp(-sum_{j<i} sigma_j delta_j), and rgb = sum_i w_i c_i + (1 - opacity) bg.
 Shading (DreamFusion section 3.1): "albedo" c = albedo; "lambertian" c = albedo (a + (1 - a) max(0, n . l));
 "textureless" c = white (a + (1 - a) max(0, n . l)), with ambient a and a directional light l.
-Orientation loss (DreamFusion eq. 3 of the appendix): mean over rays of sum_i stopgrad(w_i) max(0, n_i . d)^2,
-which penalizes visible normals that face away from the camera.
+Orientation loss (DreamFusion's R_orient): mean over rays of sum_i stopgrad(w_i) max(0, n_i . d)^2, which
+penalizes visible normals that face away from the camera.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def sample_light(camera_batch: CameraBatch, generator: torch.Generator, perturb:
 
 
 def sample_shading(step: int, cfg: GenerationConfig, generator: torch.Generator) -> str:
-    """ "albedo" during cfg.shading_warmup_steps, then one of SHADINGS drawn with cfg.shading_probs."""
+    """The shading of step `step`: albedo during cfg.shading_warmup_steps, then drawn with cfg.shading_probs
+    over SHADINGS (DreamFusion mixes shadings so that geometry, not only colour, must explain the image)."""
     if step < cfg.shading_warmup_steps:
         return "albedo"
     probs = torch.tensor(cfg.shading_probs, dtype=torch.float64)

@@ -77,51 +77,101 @@ def unwrap(
     return vertex_map.astype(np.int64), new_faces.astype(np.int32), uvs.astype(np.float32)
 
 
+def _texel_pairs(lo: np.ndarray, extent: np.ndarray, counts: np.ndarray, chunk: int):
+    """Yield (face, column, row-from-bottom) arrays for every texel in each face's box, about `chunk`
+    pairs at a time; face f's box starts at texel lo[f] and spans extent[f] (columns, rows)."""
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(counts):
+        before = ends[start] - counts[start]
+        stop = max(int(np.searchsorted(ends, before + chunk, "right")), start + 1)
+        ids = np.arange(start, stop)
+        face = np.repeat(ids, counts[ids])
+        local = np.arange(len(face)) - np.repeat(ends[ids] - counts[ids] - before, counts[ids])
+        width = extent[face, 0]
+        yield face, lo[face, 0] + local % width, lo[face, 1] + local // width
+        start = stop
+
+
+def _closest_on_edges(p: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closest point to p [K,2] on the boundary of triangles tri [K,3,2] -> (squared distance [K],
+    barycentrics [K,3])."""
+    best_d2 = np.full(len(p), np.inf)
+    best_w = np.zeros((len(p), 3))
+    for i, j in ((0, 1), (1, 2), (2, 0)):
+        a, edge = tri[:, i], tri[:, j] - tri[:, i]
+        t = np.einsum("kd,kd->k", p - a, edge) / np.maximum(np.einsum("kd,kd->k", edge, edge), 1e-30)
+        t = np.clip(t, 0.0, 1.0)
+        d2 = ((a + t[:, None] * edge - p) ** 2).sum(axis=1)
+        better = d2 < best_d2
+        best_d2[better] = d2[better]
+        w = np.zeros((int(better.sum()), 3))
+        w[:, i] = 1.0 - t[better]
+        w[:, j] = t[better]
+        best_w[better] = w
+    return best_d2, best_w
+
+
 def rasterize(
-    uvs: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 20
+    uvs: np.ndarray, faces: np.ndarray, size: int, conservative: bool = True, chunk: int = 1 << 20
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which triangle covers each texel centre -> (face_index i32 [S,S], -1 where none; barycentrics
+    """Which triangle each texel belongs to -> (face_index i32 [S,S], -1 where none; barycentrics
     f32 [S,S,3]), image layout (row 0 = top = v 1).
 
-    Vectorized bounding-box rasterization: every (triangle, texel in its bounding box) pair is tested,
-    `chunk` pairs at a time. Texel (column i, row-from-bottom j) has its centre at uv ((i + .5)/S, (j + .5)/S).
+    Texel (column i, row-from-bottom j) has its centre at uv ((i + .5)/S, (j + .5)/S). First every texel
+    whose centre lies inside a triangle gets it (vectorized bounding-box test, `chunk` pairs at a time).
+    With `conservative`, texels left over within sqrt(2) texels of a triangle then get the nearest one,
+    with the barycentrics of the closest point on it: all texels a bilinear lookup anywhere on a
+    triangle reads, even one thinner than a texel, are baked from its own surface.
     """
     tri = np.asarray(uvs, dtype=np.float64)[faces] * size  # [M,3,2] in texels
     a = tri[:, 0]
     e1 = tri[:, 1] - a
     e2 = tri[:, 2] - a
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    face_index = np.full((size, size), -1, dtype=np.int32)
+    bary = np.zeros((size, size, 3), dtype=np.float32)
+
     lo = np.clip(np.ceil(tri.min(axis=1) - 0.5), 0, size - 1).astype(np.int64)  # [M,2] first texel
     hi = np.clip(np.floor(tri.max(axis=1) - 0.5), 0, size - 1).astype(np.int64)
     extent = np.maximum(hi - lo + 1, 0)
     counts = np.where(np.abs(det) > 1e-12, extent[:, 0] * extent[:, 1], 0)
-
-    face_index = np.full((size, size), -1, dtype=np.int32)
-    bary = np.zeros((size, size, 3), dtype=np.float32)
-    ends = np.cumsum(counts)
-    start_face = 0
-    while start_face < len(faces):
-        # Faces [start_face, stop_face) hold about `chunk` pairs (at least one face).
-        stop_face = max(int(np.searchsorted(ends, ends[start_face] - counts[start_face] + chunk, "right")), start_face + 1)
-        ids = np.arange(start_face, stop_face)
-        pair_face = np.repeat(ids, counts[ids])
-        first = np.cumsum(counts[ids]) - counts[ids]
-        local = np.arange(len(pair_face)) - np.repeat(first, counts[ids])
-        width = extent[pair_face, 0]
-        col = lo[pair_face, 0] + local % width
-        row_up = lo[pair_face, 1] + local // width
-        px = col + 0.5 - a[pair_face, 0]
-        py = row_up + 0.5 - a[pair_face, 1]
-        d = det[pair_face]
-        l1 = (px * e2[pair_face, 1] - py * e2[pair_face, 0]) / d
-        l2 = (e1[pair_face, 0] * py - e1[pair_face, 1] * px) / d
+    for face, col, row_up in _texel_pairs(lo, extent, counts, chunk):
+        px = col + 0.5 - a[face, 0]
+        py = row_up + 0.5 - a[face, 1]
+        l1 = (px * e2[face, 1] - py * e2[face, 0]) / det[face]
+        l2 = (e1[face, 0] * py - e1[face, 1] * px) / det[face]
         l0 = 1.0 - l1 - l2
         inside = (l0 >= -1e-7) & (l1 >= -1e-7) & (l2 >= -1e-7)
-        rows = size - 1 - row_up[inside]
-        cols = col[inside]
-        face_index[rows, cols] = pair_face[inside]
+        rows, cols = size - 1 - row_up[inside], col[inside]
+        face_index[rows, cols] = face[inside]
         bary[rows, cols] = np.stack([l0[inside], l1[inside], l2[inside]], axis=1)
-        start_face = stop_face
+    if not conservative:
+        return face_index, bary
+
+    margin2 = 2.0  # squared: a bilinear footprint spans less than one texel each way (Chebyshev < 1)
+    lo = np.clip(np.ceil(tri.min(axis=1) - 1.5), 0, size - 1).astype(np.int64)
+    hi = np.clip(np.floor(tri.max(axis=1) + 0.5), 0, size - 1).astype(np.int64)
+    extent = np.maximum(hi - lo + 1, 0)
+    best = np.full((size, size), np.inf)
+    for face, col, row_up in _texel_pairs(lo, extent, extent[:, 0] * extent[:, 1], chunk):
+        rows = size - 1 - row_up
+        empty = face_index[rows, col] < 0
+        face, col, rows = face[empty], col[empty], rows[empty]
+        centre = np.stack([col + 0.5, size - rows - 0.5], axis=1)
+        d2, w = _closest_on_edges(centre, tri[face])
+        near = d2 <= margin2
+        face, col, rows, d2, w = face[near], col[near], rows[near], d2[near], w[near]
+        # Nearest triangle per texel: sort by (texel, distance), take each texel's first.
+        texel = rows * size + col
+        order = np.lexsort((d2, texel))
+        _, first = np.unique(texel[order], return_index=True)
+        pick = order[first]
+        better = d2[pick] < best[rows[pick], col[pick]]
+        pick = pick[better]
+        best[rows[pick], col[pick]] = d2[pick]
+        face_index[rows[pick], col[pick]] = face[pick]
+        bary[rows[pick], col[pick]] = w[pick]
     return face_index, bary
 
 
@@ -172,15 +222,17 @@ def bake_texture(
     inset: float = 0.0,
     padding: float | None = None,
     background: tuple[int, int, int] = (0, 0, 0),
+    conservative: bool = True,
 ) -> np.ndarray:
     """Albedo baked into a `size`^2 image for the uv-mapped mesh -> u8 [S,S,3], row 0 = top.
 
     Each covered texel is the albedo at its surface point, moved `inset` world units inward along the
-    interpolated vertex `normals` (face normals when None). Texels outside the charts are padded from
-    their nearest baked texel (`padding` texels at most; None = every texel); what is left stays
-    `background`.
+    interpolated vertex `normals` (face normals when None). The texels around each triangle that
+    bilinear lookups on it read are baked from the triangle itself (`rasterize`, conservative); the
+    rest are padded from their nearest baked texel (`padding` texels at most; None = every texel, so
+    mipmaps never see a fill colour either); what is left stays `background`.
     """
-    face_index, bary = rasterize(uvs, faces, size)
+    face_index, bary = rasterize(uvs, faces, size, conservative=conservative)
     filled = face_index >= 0
     hit = face_index[filled]
     weights = bary[filled]  # [K,3]
