@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Classifier fitted on the world's renders
 
 
-MIN_COVERAGE, MAX_COVERAGE = 0.03, 0.6  # world renders cover about 8-40% of the frame
+MIN_COVERAGE, MAX_COVERAGE = 0.03, 0.75  # world renders cover 9-58% of the frame
 
 
 def foreground(images: torch.Tensor) -> torch.Tensor:

@@ -102,7 +102,9 @@ class Prior:
         """[B, 3, H, W] in [0, 1] -> x [B, C, h, w] float32, differentiable with respect to `rgb`."""
         if rgb.shape[-2:] != (self.input_size, self.input_size):
             size = (self.input_size, self.input_size)
-            rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=False)
+            # Antialiased when shrinking (a 128 px render seen by a 32 px model must not alias).
+            shrink = rgb.shape[-1] > self.input_size
+            rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         x = rgb.to(self.device) * 2.0 - 1.0
         if self.vae is None:
             return x.float()
