@@ -156,34 +156,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from backend.engine.pipeline import Progress, generate
 
     out = args.out or Path("out") / slug(cfg.prompt)
-    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, desc="loading model")
+    # The bar starts with the optimization, so errors while loading the model stay a single line.
+    bars: list = []
 
     def on_progress(p: Progress) -> None:
         if p.phase == "optimizing":
-            bar.set_description("optimizing")
-            bar.set_postfix(t=p.t, loss=f"{p.loss:.4g}", refresh=False)
-            bar.update(p.step - bar.n)
-        elif p.phase != "done":
-            bar.set_description(p.phase)
-            bar.refresh()
+            if not bars:
+                bars.append(tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, desc="optimizing"))
+            bars[0].set_postfix(t=p.t, loss=f"{p.loss:.4g}", refresh=False)
+            bars[0].update(p.step - bars[0].n)
+        elif p.phase in ("extracting mesh", "texturing"):
+            if bars:
+                bars[0].set_description(p.phase)
+                bars[0].refresh()
+            else:
+                print(p.phase, flush=True)
+
+    def close() -> None:
+        if bars:
+            bars[0].close()
 
     try:
         result = generate(cfg, out, on_progress=on_progress)
     except ModelLoadError as exc:
-        bar.close()
+        close()
         return _fail(str(exc))
     except GenerationCancelled:
-        bar.close()
+        close()
         return _fail("cancelled")
     except DreamsmithError as exc:
-        bar.close()
+        close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        bar.close()
+        close()
         print("interrupted", file=sys.stderr)
         return 130
-    bar.close()
+    close()
     print(f"done in {result.seconds:.1f} s: {result.n_vertices} vertices, {result.n_faces} faces")
     for name, path in sorted(result.files.items()):
         print(f"  {name}: {path}")

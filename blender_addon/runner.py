@@ -25,6 +25,9 @@ from .client import (
 
 # Fetch previews at most this often (each fetch is one tick spent not polling).
 PREVIEW_INTERVAL_S = 1.5
+# A busy backend may miss a status call's short timeout now and then; a run only fails once the backend
+# has not answered for this long (errors the backend itself reports end the run at once).
+RETRY_GRACE_S = 20.0
 
 
 @dataclass
@@ -72,6 +75,9 @@ class GenerationRun:
         self._preview_time = 0.0
         self._cancel_requested = False
         self._next: str = "poll"
+        self.retry_grace_s = RETRY_GRACE_S
+        self.warning: str | None = None  # the last transient error while retrying
+        self._failing_since: float | None = None
 
     # -- public ----------------------------------------------------------------------------------------
     @property
@@ -106,7 +112,10 @@ class GenerationRun:
             else:
                 self._advance()
         except BackendError as exc:
-            self._fail(str(exc))
+            self._failed_call(exc)
+        else:
+            self.warning = None
+            self._failing_since = None
         return self.finished
 
     def describe(self) -> str:
@@ -128,6 +137,8 @@ class GenerationRun:
         text = f"{phase} {st.step}/{st.steps}" if st.steps else phase
         if st.eta_s is not None and st.state == "running":
             text += f", about {format_seconds(st.eta_s)} left"
+        if self.warning:
+            text += " (backend not answering, retrying)"
         return text
 
     # -- states ----------------------------------------------------------------------------------------
@@ -168,8 +179,9 @@ class GenerationRun:
             done = Downloaded(self.job_id, self.job_dir / MESH_NPZ, texture, self.status)
             try:
                 self.imported = self.import_result(done)
-            except BackendError:
-                raise
+            except BackendError as exc:  # e.g. a malformed result file: retrying cannot help
+                self._fail(str(exc))
+                return
             except Exception as exc:  # a broken result must end the run with a message, not a traceback
                 self._fail(f"The result could not be imported into Blender: {exc}")
                 return
@@ -196,6 +208,17 @@ class GenerationRun:
 
     def _wants_texture(self) -> bool:
         return self.status is not None and TEXTURE_PNG in self.status.artifacts
+
+    def _failed_call(self, exc: BackendError) -> None:
+        """Retry no answer (timeout, connection lost, HTTP 5xx) within the grace time; fail on anything else."""
+        transient = exc.status is None or exc.status >= 500
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if transient and now - self._failing_since < self.retry_grace_s:
+            self.warning = str(exc)  # the state is unchanged: the next tick makes the same call again
+            return
+        self._fail(str(exc))
 
     def _fail(self, message: str) -> None:
         self.outcome = "failed"

@@ -302,11 +302,10 @@ def evaluate_mesh(mesh_npz: Path, truth: Truth, args: argparse.Namespace, bound:
 def settled_step(curve: list[dict[str, Any]], threshold: float) -> int | None:
     """First checkpoint step from which the IoU stays >= threshold to the end; None if it ends below."""
     found: int | None = None
-    for point in curve:
-        if point["iou"] >= threshold:
-            found = point["step"] if found is None else found
-        else:
-            found = None
+    for point in reversed(curve):
+        if point["iou"] < threshold:
+            break
+        found = point["step"]
     return found
 
 
@@ -351,18 +350,21 @@ def bench_one(
         "optimize_s": round(optimize_s, 2),
         "eval_s": round(eval_s, 2),
     }
+    t0 = time.perf_counter()
     if truth.janus is not None:
         record |= truth.janus.measure(run)
+    record["janus_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            exported = export.export_result(run.field, cfg.export, Path(tmp), run.preview_png())
+            exported = export.export_result(run.field, cfg.export, Path(tmp), None)
             record |= evaluate_mesh(exported.files["mesh.npz"], truth, args, run.field.bound)
             if args.keep_meshes:
                 keep = Path(args.keep_meshes) / f"{cfg.prompt.replace(' ', '_')}_{method}_s{seed}"
                 keep.mkdir(parents=True, exist_ok=True)
                 for name, path in exported.files.items():
                     (keep / name).write_bytes(Path(path).read_bytes())
+                (keep / "preview.png").write_bytes(run.preview_png())
     except DreamsmithError as exc:  # e.g. an empty field: no surface to extract
         record |= {"mesh_iou": 0.0, "mesh_error": str(exc)}
     record["export_s"] = round(time.perf_counter() - t0, 2)
@@ -535,7 +537,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--thresholds", nargs="+", type=float, default=list(IOU_THRESHOLDS))
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
-        "--keep-meshes", default=None, help="copy every run's exported files into this folder"
+        "--keep-meshes", default=None, help="keep every run's mesh files and a front preview in this folder"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "quality.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench_results" / "quality_iou.png")

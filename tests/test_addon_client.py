@@ -246,3 +246,45 @@ def test_failed_jobs_and_timeouts_end_with_a_message(tmp_path: Path) -> None:
     run_blocking(run, timeout_s=0.05, poll_interval_s=0.01)
     assert run.outcome == "failed" and "did not finish within 0.05 s" in (run.error or "")
     assert client.calls[-1] == "cancel"
+
+
+class FlakyClient(ScriptedClient):
+    """Misses `misses` status calls (as a busy backend would) before answering."""
+
+    def __init__(self, states: list[JobStatus], tmp: Path, misses: int, error: BackendError) -> None:
+        super().__init__(states, tmp)
+        self.misses = misses
+        self.error = error
+
+    def job(self, job_id: str) -> JobStatus:
+        if self.misses > 0:
+            self.misses -= 1
+            self.calls.append("job (no answer)")
+            raise self.error
+        return super().job(job_id)
+
+
+def test_a_busy_backend_is_retried_but_a_dead_or_refusing_one_ends_the_run(tmp_path: Path) -> None:
+    timeout = BackendError("did not answer within 3 s")
+    done = status("succeeded", 10, ("mesh.npz",))
+    imported: list[Any] = []
+    client = FlakyClient([done], tmp_path, misses=2, error=timeout)
+    run = GenerationRun(client, GenerationRequest(prompt="x"), tmp_path, imported.append)  # type: ignore[arg-type]
+    run_blocking(run, poll_interval_s=0.0)
+    assert run.outcome == "succeeded" and len(imported) == 1
+    assert client.calls[:4] == ["submit", "job (no answer)", "job (no answer)", "job"]
+
+    client = FlakyClient([done], tmp_path, misses=10**6, error=timeout)
+    run = GenerationRun(client, GenerationRequest(prompt="x"), tmp_path, print)  # type: ignore[arg-type]
+    run.retry_grace_s = 0.2
+    started = time.monotonic()
+    run_blocking(run, poll_interval_s=0.01)
+    assert run.outcome == "failed" and run.error == "did not answer within 3 s"
+    assert 0.2 <= time.monotonic() - started < 2.0
+
+    gone = BackendError("The backend does not have that job", status=404)
+    run = GenerationRun(
+        FlakyClient([done], tmp_path, 1, gone), GenerationRequest(prompt="x"), tmp_path, print
+    )  # type: ignore[arg-type]
+    run.start()
+    assert run.tick() is True and run.outcome == "failed"

@@ -31,7 +31,7 @@ from blender_addon.client import BackendClient, BackendError, read_mesh_npz  # n
 from blender_addon.preferences import BackendSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"steps": 4, "render_size": 32, "preview_every": 2, "mesh_resolution": 32, "target_faces": 5000}
+TINY = {"steps": 2, "render_size": 32, "preview_every": 1, "mesh_resolution": 32, "target_faces": 5000}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_generate_imports_the_result_with_its_vertex_count_and_a_material(
     assert obj["dreamsmith_method"] == "tp-sds"
     assert obj["dreamsmith_model"] == settings.model
     assert obj["dreamsmith_seed"] == settings.seed
-    assert '"steps": 4' in obj["dreamsmith_settings"]
+    assert '"steps": 2' in obj["dreamsmith_settings"]
     item = settings.history[-1]
     assert (item.job_id, item.object_name, item.n_vertices) == (job_id, name, len(arrays.vertices))
 
@@ -185,8 +185,8 @@ def test_esc_stops_a_running_job_on_the_backend_and_imports_nothing(settings: An
     run = harness._run
     client = BackendClient(session.STATE.settings_override.url)
     deadline = time.monotonic() + 300.0
-    while not (run.status and run.status.state == "running" and run.status.step >= 1):
-        assert time.monotonic() < deadline, "the job never started optimizing"
+    while not (run.status and run.status.state == "running"):
+        assert time.monotonic() < deadline, "the job never started"
         assert harness.timer_tick(bpy.context) == {"RUNNING_MODAL"}
         time.sleep(0.2)
     assert harness.modal(bpy.context, Event(type="ESC", value="PRESS")) == {"CANCELLED"}
@@ -252,7 +252,7 @@ def test_headless_script_starts_its_own_backend_and_writes_blend_glb_png(
         "--render-resolution", "64",
         "--render-samples", "4",
         "--model", str(tiny_latent_prior),
-        "--steps", "4",
+        "--steps", "2",
         "--render-size", "32",
         "--mesh-resolution", "32",
         "--url", f"http://127.0.0.1:{backend_process.free_port()}",  # nothing there: it starts one

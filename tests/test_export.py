@@ -94,6 +94,31 @@ def test_density_grid_is_indexed_x_y_z_over_the_bound() -> None:
     np.testing.assert_allclose(grid, expected, atol=1e-4)
 
 
+class CountingField:
+    def __init__(self, field: SpheresField | BlobField) -> None:
+        self.field, self.bound, self.evaluations = field, field.bound, 0
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        self.evaluations += len(x)
+        return self.field.density(x)
+
+
+@pytest.mark.parametrize("field", [figure(), BlobField()], ids=["figure", "fresh blob"])
+def test_density_grid_skips_empty_space_without_changing_the_surface(field: SpheresField | BlobField) -> None:
+    counting = CountingField(field)
+    fast = ex.density_grid(counting, 97)
+    full = ex.density_grid(field, 97, empty_below=None)
+    assert counting.evaluations < 0.3 * 97**3
+    dense = full >= ex.EMPTY_DENSITY
+    np.testing.assert_allclose(fast[dense], full[dense], rtol=1e-6)
+    assert (fast[~dense] < ex.EMPTY_DENSITY).all()
+    assert ex.auto_threshold(fast) == pytest.approx(ex.auto_threshold(full), rel=1e-5)
+    mesh_fast = ex.marching_cubes_mesh(fast, 1.0, None)
+    mesh_full = ex.marching_cubes_mesh(full, 1.0, None)
+    np.testing.assert_array_equal(mesh_fast[1], mesh_full[1])
+    np.testing.assert_allclose(mesh_fast[0], mesh_full[0], atol=1e-6)
+
+
 def test_marching_cubes_sphere_is_closed_outward_and_has_the_right_volume() -> None:
     verts, faces = sphere_mesh()
     assert verts.dtype == np.float32 and faces.dtype == np.int32

@@ -1,13 +1,15 @@
 """UV texturing (export.texture = "uv"): unwrap the decimated mesh with xatlas, bake the albedo into an image.
 
 Order matters: the mesh is decimated *before* it gets here (xatlas on a million marching-cubes faces
-takes hours; on 50k faces, with chart size bounded as below, about a second). Then
+takes hours; on 50k faces, with chart size bounded as below, a second or two). Then
 
 1. `unwrap`: xatlas charts + packing; vertices are split at chart seams, so every vertex has one uv.
-2. `rasterize`: for each texel centre, the triangle covering it in uv space and its barycentrics.
+2. `rasterize`: for each texel, the triangle it belongs to in uv space and barycentrics: texel centres
+   inside a triangle, then (conservative) the texels around each triangle that bilinear lookups on it
+   read, from the closest point on the triangle.
 3. `bake_texture`: barycentrics -> 3D surface point (slightly inside, as for vertex colours) -> albedo.
-4. `pad_texture`: texels outside every chart take the colour of the nearest baked texel, so bilinear
-   filtering and mipmaps at island borders never pull in a background colour.
+4. `pad_texture`: the remaining texels take the colour of the nearest baked texel, so mipmaps at island
+   borders never pull in a background colour either.
 
 Conventions: uvs in [0, 1], v = 0 at the bottom of the image (OpenGL / Blender); image row 0 is the top
 (v = 1), as PNG stores it. This module is plain numpy: the albedo comes in as a function of points.
@@ -15,7 +17,7 @@ Conventions: uvs in [0, 1], v = 0 at the bottom of the image (OpenGL / Blender);
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +28,13 @@ from scipy.ndimage import distance_transform_edt
 AlbedoFn = Callable[[np.ndarray], np.ndarray]
 
 # xatlas chart growth is bounded to charts whose boundary is at most this fraction of sqrt(surface area).
-# Unbounded charts on marching-cubes meshes fail xatlas's validity checks and get re-split piece by piece,
-# which takes ~20 s for 50k faces on one core; bounded ones take ~1 s at ~65% atlas utilization instead of
-# ~83% (see scripts/bench_texture.py).
+# With xatlas's defaults, large charts on marching-cubes meshes are slow to grow and parametrize: 15-20 s
+# of CPU for 50k faces; bounded, 1.5 s, for a somewhat lower atlas utilization (~60% instead of ~80%;
+# see scripts/bench_texture.py).
 CHART_BOUNDARY_FRACTION = 0.5
-# Empty texels left between charts by the packer, in texels of the final texture.
+# Empty texels the packer leaves between charts (plus one per side for bilinear filtering), in texels of
+# xatlas's atlas; the atlas can come out up to ~1.3x larger than the requested size, and uvs are
+# normalized, so the gap in the texture is somewhat narrower.
 CHART_PADDING = 2
 
 
@@ -77,7 +81,9 @@ def unwrap(
     return vertex_map.astype(np.int64), new_faces.astype(np.int32), uvs.astype(np.float32)
 
 
-def _texel_pairs(lo: np.ndarray, extent: np.ndarray, counts: np.ndarray, chunk: int):
+def _texel_pairs(
+    lo: np.ndarray, extent: np.ndarray, counts: np.ndarray, chunk: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (face, column, row-from-bottom) arrays for every texel in each face's box, about `chunk`
     pairs at a time; face f's box starts at texel lo[f] and spans extent[f] (columns, rows)."""
     ends = np.cumsum(counts)
