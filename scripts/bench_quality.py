@@ -327,6 +327,13 @@ def bench_one(
         occ = point.pop("_occ")
         curve.append({"step": step} | point)
         eval_s += time.perf_counter() - t0
+        if args.verbose:
+            per_step = (time.perf_counter() - start - eval_s) / max(step, 1)
+            print(
+                f"    step {step}: IoU {point['iou']:.3f}, colour err {point['colour_error']:.3f} "
+                f"({point['colour_named']}), {per_step:.2f} s/step",
+                flush=True,
+            )
         return occ
 
     occ = checkpoint(0)
@@ -539,6 +546,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-meshes", default=None, help="keep every run's mesh files and a front preview in this folder"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every checkpoint")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "quality.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench_results" / "quality_iou.png")
     args = parser.parse_args(argv)

@@ -1,10 +1,11 @@
 """Benchmark the HTTP service: status-poll latency while a job runs, and the service's overhead over the engine.
 
-    python scripts/bench_service.py [--model DIR] [--steps 6] [--repeats 2] [--out bench_results/service.json]
+    python scripts/bench_service.py [--model DIR] [--steps 6] [--repeats 4] [--out bench_results/service.json]
 
 1. Overhead: the same generation run by `backend.engine.pipeline.generate` in this process (baseline)
    and through the service (`python -m backend serve` in a subprocess, polled twice a second like the
-   add-on), interleaved bare/service `--repeats` times after a warm-up of each; medians compared.
+   add-on), interleaved bare/service (alternating order) `--repeats` times after a warm-up of each; medians
+   compared.
    Service time is the server's own created_at -> finished_at (queue wait included).
 2. Poll latency: GET /v1/jobs/{id} on a keep-alive connection, first with the service idle (baseline),
    then while a long job runs; p50/p90/p99/max. Then the time a cancel takes to land.
@@ -30,6 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The service sets this before torch loads (backend/service/server.py); the baseline must run the same way.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import httpx  # noqa: E402
 
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-size", type=int, default=16)
     parser.add_argument("--mesh-resolution", type=int, default=16)
     parser.add_argument("--preview-every", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="bare/service pairs (medians are compared)")
+    parser.add_argument("--repeats", type=int, default=4, help="bare/service pairs (medians are compared)")
     parser.add_argument("--polls", type=int, default=400, help="status polls per latency measurement")
     parser.add_argument("--poll-interval", type=float, default=0.02, help="seconds between polls")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
@@ -155,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     priors = PriorCache()
 
     def bare() -> float:
-        # On a worker thread, like the service's: with OpenMP's default active waiting, torch on the main
-        # thread of a CPU-contended machine can be several times slower than on any other thread, which
-        # would compare threads instead of measuring the service.
+        # On a fresh thread, as the service runs jobs on its worker thread, so only the service differs.
         out = Path(tempfile.mkdtemp(dir=work))
         seconds: list[float] = []
 
@@ -177,13 +178,22 @@ def main(argv: list[str] | None = None) -> int:
         generate(dataclasses.replace(cfg, steps=3), Path(tempfile.mkdtemp(dir=work)), priors=priors)
         assert service.wait(service.submit(warmup))["state"] == "succeeded"
         bare_s, service_s, client_s = [], [], []
-        for i in range(args.repeats):
-            bare_s.append(bare())
+
+        def through_service() -> None:
             t0 = time.perf_counter()
             status = service.wait(service.submit(request))
             client_s.append(time.perf_counter() - t0)
             assert status["state"] == "succeeded", status
             service_s.append(status["finished_at"] - status["created_at"])
+
+        for i in range(args.repeats):
+            # Alternate the order (ABBA...) so drift in the machine's load does not favour one side.
+            if i % 2 == 0:
+                bare_s.append(bare())
+                through_service()
+            else:
+                through_service()
+                bare_s.append(bare())
             print(f"  run {i + 1}: bare {bare_s[-1]:.2f} s, service {service_s[-1]:.2f} s", flush=True)
 
         idle_job = service.submit({**request, "steps": 3})

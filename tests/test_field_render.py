@@ -125,6 +125,20 @@ def test_forward_albedo_and_normals() -> None:
     assert (normals * torch.nn.functional.normalize(x, dim=-1)).sum(-1).min() > 0.95
 
 
+def test_forward_difference_normals_agree_with_central_ones() -> None:
+    field = make_field()
+    x = torch.tensor([[0.3, 0.0, 0.0], [0.0, -0.3, 0.0], [0.0, 0.0, 0.4], [0.2, 0.2, -0.2]])
+    central = field.normals(x)
+    field.cfg = FieldConfig(**{**vars(TINY), "normal_stencil": "forward"})
+    forward = field.normals(x)
+    torch.testing.assert_close(field.normals(x, field.density(x)), forward)  # given sigma(x): same result
+    torch.testing.assert_close(forward.norm(dim=-1), torch.ones(4))
+    assert (forward * central).sum(-1).min() > 0.99  # within ~8 degrees on the blob
+    field.cfg = FieldConfig(**{**vars(TINY), "normal_stencil": "sideways"})
+    with pytest.raises(ValueError, match="normal stencil"):
+        field.normals(x)
+
+
 def test_param_groups_use_the_configured_learning_rates() -> None:
     field = make_field()
     cfg = GenerationConfig(prompt="a cube", lr_grid=0.02, lr_mlp=0.003)

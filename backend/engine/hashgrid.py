@@ -112,8 +112,10 @@ class TorchHashGrid(nn.Module):
             rows = rows & mask
         else:
             # Dense level: x + y R + z R^2; tinycudann wraps the few out-of-range corners modulo the size.
+            # Corners lie in [0, R]^3, so rows < R^3 + R^2 + R < 2 R^3 <= 2 size: one conditional subtraction
+            # is the modulo (and several times cheaper than integer division on the CPU).
             rows = ((cz * (resolution * resolution))[:, None, None] + (cy * resolution)[None, :, None]) + cx
-            rows = rows % size
+            rows = torch.where(rows >= size, rows - size, rows)
         return rows.reshape(8, -1), w.reshape(8, -1)
 
     def forward(self, x: Tensor) -> Tensor:

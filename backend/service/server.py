@@ -75,6 +75,10 @@ def serve(
         print(f"error: cannot create the data directory {data_dir}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if "torch" not in sys.modules:  # must be set before torch loads OpenMP
+        # OpenMP threads busy-wait between parallel regions by default; on a CPU shared with Blender and
+        # other programs that made CPU jobs up to 30x slower (scripts/bench_service.py). Users may override.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     print(f"Dreamsmith backend: data directory {data_dir}", flush=True)
     from backend.service.app import create_app
