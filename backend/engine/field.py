@@ -134,7 +134,9 @@ class RadianceField(nn.Module):
             grad = (ahead - sigma.reshape(1, -1)).t() / eps  # [N, 3]
             return -F.normalize(grad, dim=-1, eps=1e-6)
         if self.cfg.normal_stencil != "central":
-            raise ValueError(f'unknown normal stencil {self.cfg.normal_stencil!r}; use "central" or "forward"')
+            raise ValueError(
+                f'unknown normal stencil {self.cfg.normal_stencil!r}; use "central" or "forward"'
+            )
         # One batched density call over [+e_x, +e_y, +e_z, -e_x, -e_y, -e_z] offsets.
         probes = torch.cat(
             [x.unsqueeze(0) + offsets[:, None], x.unsqueeze(0) - offsets[:, None]]

@@ -162,12 +162,15 @@ class DistillationRun:
         )
 
     @torch.no_grad()
-    def preview_png(self, size: int | None = None) -> bytes:
-        """A front view in albedo shading; uses its own generator so previews never change the result."""
+    def preview_png(self, min_size: int = 128) -> bytes:
+        """A front view in albedo shading at the training resolution, enlarged to `min_size` for display.
+
+        Rendered at render_size (what the optimization sees, and cheap); it uses its own generator so
+        previews never change the result.
+        """
         from PIL import Image
 
-        cam = self.cfg.camera
-        size = size or max(self.cfg.render_size, 128)
+        cam, size = self.cfg.camera, self.cfg.render_size
         c2w = orbit_camera(15.0, cam.front_azimuth_deg, sum(cam.distance) / 2).to(self.device)[None]
         fov = torch.tensor([sum(cam.fov_deg) / 2], device=self.device)
         rays_o, rays_d = camera_rays(c2w, fov, size)
@@ -177,9 +180,11 @@ class DistillationRun:
         out = self.renderer.render(
             self.field, self.background, rays_o, rays_d, "albedo", light, bg, rng, with_normals=False
         )
-        image = (out.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        image = Image.fromarray((out.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        if size < min_size:
+            image = image.resize((min_size, min_size), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
+        image.save(buf, format="PNG")
         return buf.getvalue()
 
 
@@ -221,6 +226,7 @@ def generate(
             done = i + 1
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
                 preview = run.preview_png()
+                check_stop()
             report(
                 "optimizing",
                 done,
@@ -233,12 +239,13 @@ def generate(
         if preview is None:
             preview = run.preview_png()
         report("extracting mesh", cfg.steps)
+        check_stop()
         exported = export_result(
             run.field,
             cfg.export,
             out_dir,
             preview,
-            on_phase=lambda phase: report(phase, cfg.steps),
+            on_phase=lambda phase: (check_stop(), report(phase, cfg.steps)),
         )
     except torch.cuda.OutOfMemoryError as exc:
         raise DreamsmithError(
