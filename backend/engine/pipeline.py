@@ -212,6 +212,10 @@ def generate(
         if should_stop is not None and should_stop():
             raise GenerationCancelled()
 
+    def export_phase(phase: str) -> None:
+        check_stop()
+        report(phase, cfg.steps)
+
     device = resolve_device(cfg.device)
     try:
         report("loading model", 0)
@@ -245,7 +249,7 @@ def generate(
             cfg.export,
             out_dir,
             preview,
-            on_phase=lambda phase: (check_stop(), report(phase, cfg.steps)),
+            on_phase=export_phase,
         )
     except torch.cuda.OutOfMemoryError as exc:
         raise DreamsmithError(
