@@ -177,16 +177,21 @@ class ExportOptions:
 
 @dataclass
 class GenerationRequest:
-    """One `POST /v1/jobs` body. `guidance_scale` 0 or None and an empty `model` mean "backend default"."""
+    """One `POST /v1/jobs` body.
+
+    "Backend default" (the field is left out of the body, so the backend's tuned value applies):
+    `steps` 0, `render_size` 0, `guidance_scale` 0 or None (the method's default), an empty `model`
+    (the demo prior).
+    """
 
     prompt: str
     negative_prompt: str = ""
     method: str = "tp-sds"
-    steps: int = 600
+    steps: int = 0
     seed: int = 0
     guidance_scale: float | None = None
     model: str | None = None
-    render_size: int = 64
+    render_size: int = 0
     preview_every: int = 50
     camera: CameraRanges = field(default_factory=CameraRanges)
     export: ExportOptions = field(default_factory=ExportOptions)
@@ -196,9 +201,7 @@ class GenerationRequest:
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "method": self.method,
-            "steps": int(self.steps),
             "seed": int(self.seed),
-            "render_size": int(self.render_size),
             "preview_every": int(self.preview_every),
             "camera": {
                 "elevation_deg": [float(v) for v in self.camera.elevation_deg],
@@ -214,15 +217,30 @@ class GenerationRequest:
                 "target_faces": int(self.export.target_faces),
             },
         }
+        if self.steps:
+            body["steps"] = int(self.steps)
+        if self.render_size:
+            body["render_size"] = int(self.render_size)
         if self.guidance_scale:
             body["guidance_scale"] = float(self.guidance_scale)
         if self.model and self.model.strip():
             body["model"] = self.model.strip()
         return body
 
+    def resolved(self, backend_request: dict[str, Any]) -> GenerationRequest:
+        """This request with the values the backend actually used filled in (its job's `request`), so a
+        stored result records e.g. the real step count rather than "backend default"."""
+        known = {k: v for k, v in (backend_request or {}).items() if v is not None}
+        if not known:
+            return self
+        try:
+            return GenerationRequest.from_json({**self.to_json(), **known})
+        except (TypeError, ValueError, IndexError, KeyError):  # an odd status: keep what was sent
+            return self
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationRequest:
-        """Read a request body back (as stored with a result); missing fields take the defaults."""
+        """Read a request body back (as stored with a result); missing fields mean "backend default"."""
         cam = data.get("camera") or {}
         exp = data.get("export") or {}
         defaults_cam = CameraRanges()
@@ -236,11 +254,11 @@ class GenerationRequest:
             prompt=str(data.get("prompt", "")),
             negative_prompt=str(data.get("negative_prompt", "")),
             method=str(data.get("method", "tp-sds")),
-            steps=int(data.get("steps", 600)),
+            steps=int(data.get("steps") or 0),
             seed=int(data.get("seed", 0)),
             guidance_scale=data.get("guidance_scale"),
             model=data.get("model"),
-            render_size=int(data.get("render_size", 64)),
+            render_size=int(data.get("render_size") or 0),
             preview_every=int(data.get("preview_every", 50)),
             camera=CameraRanges(
                 elevation_deg=pair("elevation_deg"),
@@ -355,7 +373,8 @@ class BackendClient:
     def submit(self, request: GenerationRequest) -> JobStatus:
         """Queue a job; returns its first status (id and state)."""
         data = self._json("POST", "/v1/jobs", request.to_json())
-        data.setdefault("steps", request.steps)
+        if request.steps:
+            data.setdefault("steps", request.steps)
         return JobStatus.from_json(data)
 
     def job(self, job_id: str) -> JobStatus:

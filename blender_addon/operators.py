@@ -71,6 +71,8 @@ def import_downloaded(
     if settings.front_from_camera and scene.camera is not None:
         rotation = mesh_build.camera_azimuth(scene.camera.matrix_world.translation, location)
     collection = context.collection or scene.collection
+    # Record what the backend really ran (its defaults filled in), so the result can be reproduced.
+    request = request.resolved(done.status.request)
     name = mesh_build.object_name(request.prompt)
     texture = done.texture_png if done.texture_png is not None and done.texture_png.exists() else None
     obj = mesh_build.create_result_object(

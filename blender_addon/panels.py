@@ -93,12 +93,12 @@ class DREAMSMITH_PT_method(DreamsmithPanel):
         s = properties.settings_of(context)
         layout.prop(s, "model", placeholder="demo prior")
         layout.prop(s, "method")
-        layout.prop(s, "steps")
+        layout.prop(s, "steps", text="Steps (0 = default)")
         row = layout.row(align=True)
         row.prop(s, "seed")
         row.operator("dreamsmith.randomize_seed", text="", icon="FILE_REFRESH")
         layout.prop(s, "guidance_scale", text="Guidance (0 = default)")
-        layout.prop(s, "render_size")
+        layout.prop(s, "render_size", text="Render Size (0 = default)")
         layout.prop(s, "preview_every")
 
 

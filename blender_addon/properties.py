@@ -93,9 +93,10 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
     )
     steps: IntProperty(
         name="Steps",
-        description="Optimization steps: more gives a cleaner shape and takes proportionally longer",
-        default=600,
-        min=1,
+        description="Optimization steps: more gives a cleaner shape and takes proportionally longer. "
+        "0 uses the backend's default (tuned for the built-in demo prior)",
+        default=0,
+        min=0,
         max=20000,
         soft_max=5000,
     )
@@ -117,9 +118,10 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
     )
     render_size: IntProperty(
         name="Render Size",
-        description="Side in pixels of the images rendered during optimization: larger is sharper and slower",
-        default=64,
-        min=16,
+        description="Side in pixels of the images rendered during optimization: larger is sharper and "
+        "slower (16-512). 0 uses the backend's default",
+        default=0,
+        min=0,
         max=512,
         subtype="PIXEL",
     )

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import platform
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from backend import demo_world  # noqa: E402
-from backend.config import METHODS, CameraConfig, GenerationConfig  # noqa: E402
+from backend.config import METHODS, CameraConfig, GenerationConfig, config_from_dict  # noqa: E402
 from backend.demo_world import DemoObject  # noqa: E402
 from backend.engine import export  # noqa: E402
 from backend.engine.prior import DEMO_PRIOR_PATH, Prior, load_prior, resolve_device  # noqa: E402
@@ -197,6 +197,7 @@ class JanusProbe:
 
         self.obj = obj
         self.views: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]] = {}
+        self.images: dict[str, np.ndarray] = {}
         hy = demo_world.HOUSE_HALF[1]
         for name, az, sign in (("front", 0.0, -1.0), ("back", 180.0, 1.0)):
             c2w = orbit_camera(elevation, az, distance)[None]
@@ -229,10 +230,39 @@ class JanusProbe:
             bg = background_color("white", run.background, rays_d, rng)
             light = torch.tensor([[0.0, -1.0, 1.0]], device=run.device)
             render = run.renderer.render(run.field, run.background, rays_o, rays_d, "albedo", light, bg, rng)
-            luma = render.rgb[0].reshape(-1, 3).float().cpu().numpy() @ LUMA
-            contrast = (luma[wall_px].mean() - luma[door_px].mean()) / self.true_contrast
+            rgb = render.rgb[0].clamp(0, 1).float().cpu().numpy()  # [H, W, 3]
+            alpha = render.opacity[0].float().cpu().numpy()  # [H, W, 1]
+            self.images[name] = rgb
+            # Un-composite the white background, so a fuzzy edge does not pass for a bright wall, and
+            # compare only pixels the field covers.
+            colour = ((rgb - (1.0 - alpha)) / np.maximum(alpha, 1e-3)).clip(0, 1).reshape(-1, 3)
+            solid = alpha.reshape(-1) > 0.5
+            door, wall = door_px & solid, wall_px & solid
+            if door.sum() < 3 or wall.sum() < 3:
+                out[f"door_contrast_{name}"] = float("nan")
+                continue
+            luma = colour @ LUMA
+            contrast = (luma[wall].mean() - luma[door].mean()) / self.true_contrast
             out[f"door_contrast_{name}"] = float(contrast)
         return out
+
+    def strip_png(self) -> bytes:
+        """Last measured renders, front | back, then the areas compared (door black, wall grey), as PNG."""
+        import io
+
+        from PIL import Image
+
+        panels = [self.images[name] for name in self.views]
+        for _, _, door_px, wall_px in self.views.values():
+            size = int(round(math.sqrt(door_px.size)))
+            mask = np.ones(door_px.size)
+            mask[wall_px] = 0.6
+            mask[door_px] = 0.0
+            panels.append(np.repeat(mask.reshape(size, size, 1), 3, axis=2))
+        strip = (np.concatenate(panels, axis=1) * 255).round().astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(strip).save(buf, format="PNG")
+        return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,18 +285,47 @@ class Truth:
         self.janus = JanusProbe(obj) if obj.has_front else None
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["guidance_scale=20", "camera.fov_deg=[40,50]"] -> {name: value}; values are JSON, else text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set wants KEY=VALUE (a GenerationConfig field), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
 def make_config(prompt: str, method: str, seed: int, args: argparse.Namespace) -> GenerationConfig:
-    base = GenerationConfig(prompt=prompt, method=method, seed=seed, model=args.model, preview_every=0)
-    cfg = replace(base, device=args.device)
+    """The config of one run: the defaults, the bench's own settings, then the --set overrides."""
+    data: dict[str, Any] = {
+        "prompt": prompt,
+        "method": method,
+        "seed": seed,
+        "model": args.model,
+        "preview_every": 0,
+        "device": args.device,
+    }
     if args.steps:
-        cfg = replace(cfg, steps=args.steps)
+        data["steps"] = args.steps
     if args.render_size:
-        cfg = replace(cfg, render_size=args.render_size)
+        data["render_size"] = args.render_size
     if args.background:
-        cfg = replace(cfg, background=args.background)
+        data["background"] = args.background
+    nested: dict[str, dict[str, Any]] = {"camera": {}, "export": {}}
     if args.mesh_res:
-        cfg = replace(cfg, export=replace(cfg.export, mesh_resolution=args.mesh_res))
-    return cfg.validate()
+        nested["export"]["mesh_resolution"] = args.mesh_res
+    for key, value in args.overrides.items():
+        head, _, tail = key.partition(".")
+        if tail and head in nested:
+            nested[head][tail] = value
+        else:
+            data[key] = value
+    data |= {k: v for k, v in nested.items() if v}
+    return config_from_dict(data)
 
 
 def evaluate_field(run: Any, truth: Truth, args: argparse.Namespace) -> dict[str, Any]:
@@ -372,6 +431,8 @@ def bench_one(
                 for name, path in exported.files.items():
                     (keep / name).write_bytes(Path(path).read_bytes())
                 (keep / "preview.png").write_bytes(run.preview_png())
+                if truth.janus is not None:
+                    (keep / "front_back.png").write_bytes(truth.janus.strip_png())
     except DreamsmithError as exc:  # e.g. an empty field: no surface to extract
         record |= {"mesh_iou": 0.0, "mesh_error": str(exc)}
     record["export_s"] = round(time.perf_counter() - t0, 2)
@@ -538,6 +599,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the config's)")
     parser.add_argument("--render-size", type=int, default=None, help="default: the config's")
     parser.add_argument("--background", default=None, help="learned | random | white (default: the config's)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a GenerationConfig field, e.g. --set guidance_scale=30 --set export.threshold=5",
+    )
     parser.add_argument("--mesh-res", type=int, default=None, help="export marching-cubes resolution")
     parser.add_argument("--eval-res", type=int, default=64, help="grid resolution of the IoU (default 64)")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between checkpoints")
@@ -546,11 +615,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-meshes", default=None, help="keep every run's mesh files and a front preview in this folder"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every checkpoint")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "quality.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench_results" / "quality_iou.png")
     args = parser.parse_args(argv)
-    defaults = GenerationConfig(prompt="-")
+    args.overrides = parse_overrides(args.overrides)
     if args.quick:
         args.prompts = args.prompts or list(QUICK_PROMPTS)
         args.seeds = args.seeds or list(QUICK_SEEDS)
@@ -558,8 +628,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.mesh_res = args.mesh_res or 64
     args.prompts = args.prompts or list(FULL_PROMPTS)
     args.seeds = args.seeds or list(FULL_SEEDS)
-    steps = args.steps or defaults.steps
-    args.eval_every = args.eval_every or max(1, steps // 12)
     for p in args.prompts:
         demo_world.parse_prompt(p)  # fails early, naming the prompt, if the world has no such object
     return args
@@ -575,12 +643,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
+    try:
+        steps = make_config(args.prompts[0], args.methods[0], 0, args).steps
+    except DreamsmithError as exc:  # a bad --set or out-of-range setting
+        print(f"bench_quality: {exc}", file=sys.stderr)
+        return 2
+    args.eval_every = args.eval_every or max(1, steps // 12)
     if args.model is None and not (DEMO_PRIOR_PATH / "model_index.json").is_file():
         print(
             f"bench_quality: the demo prior is missing ({DEMO_PRIOR_PATH}); train it or pass --model",
             file=sys.stderr,
         )
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     start = time.perf_counter()
     try:
@@ -589,7 +665,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
     bound = 1.0
-    steps = make_config(args.prompts[0], args.methods[0], 0, args).steps
     n_runs = len(args.prompts) * len(args.seeds) * len(args.methods)
     print(
         f"bench_quality: {len(args.prompts)} prompts x {len(args.seeds)} seeds x {len(args.methods)} methods "

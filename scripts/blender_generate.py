@@ -9,7 +9,11 @@ It registers the add-on from `blender_addon/` in this repository, uses the backe
 nothing answers there, starts one itself (`.venv/bin/python -m backend serve` on a free port, jobs in a
 temporary folder) and stops it afterwards. `--glb` exports the imported object with Blender's own glTF
 exporter (so the GLB matches the .blend: size, placement and material); `--render` makes a small Cycles
-CPU render with a camera and a light.
+CPU render with a camera framing the object and three area lights (they are saved in the .blend too).
+Steps and training render size default to the backend's own (tuned) defaults.
+
+On success it prints where each file is; on any failure it prints one `[dreamsmith] error: ...` line
+(with the started backend's log kept as OUT.backend.log) and exits with status 1.
 """
 
 from __future__ import annotations
@@ -45,11 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default="", help="diffusers folder or hub id on the backend (default: demo prior)"
     )
-    p.add_argument("--method", default="tp-sds", choices=METHODS, help="score distillation method")
-    p.add_argument("--steps", type=int, default=None, help="optimization steps (default: the add-on's)")
+    p.add_argument(
+        "--method", default=None, choices=METHODS, help="score distillation method (default: tp-sds)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimization steps (default: the backend's tuned default)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--render-size", type=int, default=None, help="training render size in pixels")
-    p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes resolution")
+    p.add_argument(
+        "--render-size",
+        type=int,
+        default=None,
+        help="training render size in pixels (default: the backend's tuned default)",
+    )
+    p.add_argument(
+        "--mesh-resolution", type=int, default=None, help="marching-cubes resolution (default: the add-on's)"
+    )
     p.add_argument(
         "--texture", default="vertex", choices=("vertex", "uv"), help="vertex colours or UV texture"
     )
@@ -61,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--render", type=Path, default=None, help="also render a PNG with Cycles on the CPU")
     p.add_argument("--render-resolution", type=int, default=384, help="side of the PNG render (max 512)")
-    p.add_argument("--render-samples", type=int, default=16, help="Cycles samples for the PNG render")
+    p.add_argument("--render-samples", type=int, default=32, help="Cycles samples for the PNG render")
     p.add_argument(
         "--timeout", type=float, default=1800.0, help="give up (and cancel) after this many seconds"
     )
@@ -96,8 +111,12 @@ def register_addon() -> Any:
     return blender_addon
 
 
-def ensure_backend(url: str, token: str, python: str | None, log_dir: Path) -> tuple[str, Any, Path | None]:
-    """The URL of a backend that answers; starts a local one when none does. Returns (url, process, data)."""
+def ensure_backend(url: str, token: str, python: str | None, work: Path, started: list[Any]) -> str:
+    """The URL of a backend that answers; starts a local one (jobs and log under `work`) when none does.
+
+    A started process is appended to `started` at once, so the caller can stop it and keep its log
+    whatever happens next.
+    """
     from blender_addon import backend_process
     from blender_addon.client import BackendClient, BackendError
 
@@ -105,30 +124,41 @@ def ensure_backend(url: str, token: str, python: str | None, log_dir: Path) -> t
     try:
         health = client.health()
         print(f"[dreamsmith] using the backend at {client.url} ({health.summary()})")
-        return client.url, None, None
+        return client.url
     except BackendError as exc:
         if not exc.unreachable:
             raise
         print(f"[dreamsmith] no backend at {client.url}; starting one")
     venv_python = ROOT / ".venv" / "bin" / "python"
     python = python or (str(venv_python) if venv_python.exists() else sys.executable)
-    port = backend_process.free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="dreamsmith-jobs-"))
-    extra = ["--data-dir", str(data_dir)] + (["--token", token] if token else [])
-    proc = backend_process.start_backend(
-        python, ["-m", "backend", "serve"], port=port, cwd=ROOT, log_path=log_dir / "backend.log", extra=extra
-    )
-    local = BackendClient(proc.url, token)
-    health = backend_process.wait_until_healthy(proc, local, timeout_s=180.0)
+    extra = ["--data-dir", str(work / "jobs")] + (["--token", token] if token else [])
+    try:
+        proc = backend_process.start_backend(
+            python,
+            ["-m", "backend", "serve"],
+            port=backend_process.free_port(),
+            cwd=ROOT,
+            log_path=work / "backend.log",
+            extra=extra,
+        )
+    except BackendError as exc:
+        raise BackendError(
+            f"Could not start the backend with {python!r}: {exc.__cause__ or exc}. "
+            "Run `python3 build.py setup`, or pass --backend-python with the Python that has the backend's "
+            "packages."
+        ) from exc
+    started.append(proc)
+    health = backend_process.wait_until_healthy(proc, BackendClient(proc.url, token), timeout_s=180.0)
     print(f"[dreamsmith] started a backend at {proc.url} (pid {proc.pid}, {health.summary()})")
-    return proc.url, proc, data_dir
+    return proc.url
 
 
 def configure(settings: Any, args: argparse.Namespace) -> None:
     settings.prompt = args.prompt
     settings.negative_prompt = args.negative_prompt
     settings.model = args.model
-    settings.method = args.method
+    if args.method is not None:
+        settings.method = args.method
     settings.seed = args.seed
     settings.texture = args.texture
     settings.object_size = args.object_size
@@ -153,54 +183,142 @@ def export_glb(bpy: Any, obj: Any, path: Path) -> None:
         bpy.ops.export_scene.gltf(**options)
 
 
-def render_png(bpy: Any, obj: Any, path: Path, resolution: int, samples: int) -> None:
-    """Camera at a three-quarter front view framing the object, a sun and soft world light, Cycles CPU."""
+def _bounding_sphere(obj: Any) -> tuple[Any, float]:
+    """Centre (of the world-space bounding box) and radius (farthest vertex from it) of a mesh object."""
+    import numpy as np
     from mathutils import Vector
 
+    mesh = obj.data
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    co = co.reshape(-1, 3).astype(np.float64)
+    if len(co) == 0:
+        return obj.matrix_world.translation.copy(), 1.0
+    m = np.array(obj.matrix_world, dtype=np.float64)
+    world = co @ m[:3, :3].T + m[:3, 3]
+    center = (world.min(axis=0) + world.max(axis=0)) / 2.0
+    radius = float(np.sqrt(((world - center) ** 2).sum(axis=1)).max()) or 1.0
+    return Vector(center.tolist()), radius
+
+
+def _orbit(center: Any, elevation_deg: float, azimuth_deg: float, distance: float) -> Any:
+    """A point on the orbit round `center` (backend convention: azimuth 0 = on -Y, 90 = on +X)."""
+    from mathutils import Vector
+
+    el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
+    return (
+        center + Vector((math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az), math.sin(el))) * distance
+    )
+
+
+def _add_area_light(
+    bpy: Any, scene: Any, name: str, location: Any, target: Any, energy: float, size: float
+) -> Any:
+    data = bpy.data.lights.new(name, type="AREA")
+    data.energy = energy
+    data.shape = "DISK"
+    data.size = size
+    light = bpy.data.objects.new(name, data)
+    light.location = location
+    light.rotation_euler = (target - location).to_track_quat("-Z", "Y").to_euler()
+    scene.collection.objects.link(light)
+    return light
+
+
+def render_png(bpy: Any, obj: Any, path: Path, resolution: int, samples: int) -> None:
+    """A small studio render with Cycles on the CPU: a camera at a three-quarter front view (30 degrees
+    round from the object's front, 20 up) that frames the whole object, a soft key light from the
+    camera's left, a fill from its right and a rim light behind, in front of a neutral grey backdrop.
+
+    Light energies scale with the object's size, so the exposure does not depend on `object_size`.
+    """
     scene = bpy.context.scene
-    corners = [obj.matrix_world @ Vector(c) for c in obj.bound_box]
-    center = sum(corners, Vector()) / 8.0
-    radius = max((c - center).length for c in corners) or 1.0
+    center, radius = _bounding_sphere(obj)
 
     cam_data = bpy.data.cameras.new("Dreamsmith Camera")
     cam_data.lens_unit = "FOV"
-    cam_data.angle = math.radians(40.0)
+    cam_data.angle = math.radians(35.0)
+    cam_data.clip_start = radius * 0.01
+    cam_data.clip_end = radius * 100.0
     camera = bpy.data.objects.new("Dreamsmith Camera", cam_data)
     scene.collection.objects.link(camera)
-    # Backend convention: azimuth 0 looks from -Y (the object's front); 30 degrees round, 20 up.
-    el, az = math.radians(20.0), math.radians(30.0)
-    distance = radius / math.sin(cam_data.angle / 2.0) * 1.1
-    offset = Vector((math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az), math.sin(el))) * distance
-    camera.location = center + offset
-    camera.rotation_euler = (-offset).to_track_quat("-Z", "Y").to_euler()
+    # The bounding sphere fills about 75% of the (square) frame.
+    distance = radius / math.sin(cam_data.angle / 2.0) / 0.75
+    camera.location = _orbit(center, 20.0, 30.0, distance)
+    camera.rotation_euler = (center - camera.location).to_track_quat("-Z", "Y").to_euler()
     scene.camera = camera
 
-    sun_data = bpy.data.lights.new("Dreamsmith Sun", type="SUN")
-    sun_data.energy = 3.0
-    sun = bpy.data.objects.new("Dreamsmith Sun", sun_data)
-    sun.rotation_euler = (math.radians(45.0), 0.0, math.radians(30.0))
-    scene.collection.objects.link(sun)
+    # Area-light power falls off with the square of the distance: scale it with the object's size.
+    d = radius * 4.0
+    power = 1.0 / 0.5**2 * radius**2  # energies below are tuned for a radius of 0.5
+    _add_area_light(
+        bpy, scene, "Dreamsmith Key", _orbit(center, 45.0, -35.0, d), center, 130.0 * power, d * 0.6
+    )
+    _add_area_light(
+        bpy, scene, "Dreamsmith Fill", _orbit(center, 10.0, 80.0, d), center, 35.0 * power, d * 0.8
+    )
+    _add_area_light(
+        bpy, scene, "Dreamsmith Rim", _orbit(center, 35.0, 170.0, d), center, 90.0 * power, d * 0.4
+    )
+
     if scene.world is None:
         scene.world = bpy.data.worlds.new("Dreamsmith World")
+    world = scene.world
     if bpy.app.version < (5, 0, 0):
-        scene.world.use_nodes = True  # always on from Blender 5.0
-    world_tree = scene.world.node_tree
-    background = world_tree.nodes.get("Background") if world_tree is not None else None
-    if background is not None:
-        background.inputs["Color"].default_value = (0.8, 0.8, 0.8, 1.0)
-        background.inputs["Strength"].default_value = 0.6
+        world.use_nodes = True  # always on from Blender 5.0
+    tree = world.node_tree
+    if tree is not None:
+        tree.nodes.clear()
+        # Camera rays see a mid-grey backdrop; everything else sees a dim, neutral ambient light.
+        ambient = tree.nodes.new("ShaderNodeBackground")
+        ambient.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+        ambient.inputs["Strength"].default_value = 0.15
+        backdrop = tree.nodes.new("ShaderNodeBackground")
+        backdrop.inputs["Color"].default_value = (0.25, 0.25, 0.25, 1.0)
+        backdrop.inputs["Strength"].default_value = 1.0
+        light_path = tree.nodes.new("ShaderNodeLightPath")
+        mix = tree.nodes.new("ShaderNodeMixShader")
+        output = tree.nodes.new("ShaderNodeOutputWorld")
+        tree.links.new(light_path.outputs["Is Camera Ray"], mix.inputs["Fac"])
+        tree.links.new(ambient.outputs["Background"], mix.inputs[1])
+        tree.links.new(backdrop.outputs["Background"], mix.inputs[2])
+        tree.links.new(mix.outputs["Shader"], output.inputs["Surface"])
 
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
     scene.cycles.use_adaptive_sampling = True
-    scene.cycles.use_denoising = False
+    scene.cycles.use_denoising = True  # OpenImageDenoise on the CPU: few samples, clean image
+    scene.view_settings.view_transform = "AgX"
+    scene.view_settings.look = "AgX - Medium High Contrast"
     scene.render.resolution_x = scene.render.resolution_y = min(512, resolution)
     scene.render.resolution_percentage = 100
     scene.render.image_settings.file_format = "PNG"
     scene.render.filepath = str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.render.render(write_still=True)
+
+
+def keep_backend_log(proc: Any, out: Path) -> Path | None:
+    """Copy the log of a backend this script started next to the output (its folder is removed)."""
+    if proc is None or not proc.log_path.exists():
+        return None
+    kept = out.with_name(out.stem + ".backend.log")
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(proc.log_path, kept)
+    except OSError:
+        return None
+    return kept
+
+
+def describe_object(obj: Any) -> str:
+    mesh = obj.data
+    materials = ", ".join(f"'{m.name}'" for m in mesh.materials if m is not None) or "none"
+    return (
+        f"object '{obj.name}', {len(mesh.vertices)} vertices, {len(mesh.polygons)} faces, "
+        f"material {materials}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -214,42 +332,77 @@ def main(argv: list[str]) -> int:
     from blender_addon.preferences import BackendSettings
 
     out = args.out.resolve()
+    glb = args.glb.resolve() if args.glb is not None else None
+    render = args.render.resolve() if args.render is not None else None
     work = Path(tempfile.mkdtemp(prefix="dreamsmith-run-"))
-    proc = None
-    data_dir = None
+    backends: list[Any] = []  # the backend process this script starts, if any
+    failed = True
+    show_log = True  # on failure, quote the started backend's log (not for a request it refused)
+    written: list[tuple[str, Path]] = []
     try:
-        url, proc, data_dir = ensure_backend(args.url, args.token, args.backend_python, work)
+        url = ensure_backend(args.url, args.token, args.backend_python, work, backends)
         session.STATE.settings_override = BackendSettings(
             url=url, token=args.token, cache_directory=str(work)
         )
         configure(properties.settings_of(bpy.context.scene), args)
+        gen_started = time.monotonic()
         obj = headless.generate(bpy.context, timeout_s=args.timeout)
-        mesh = obj.data
+        gen_seconds = time.monotonic() - gen_started
+        run = session.STATE.run
+        backend_seconds = run.status.elapsed_s if run is not None and run.status is not None else 0.0
+        steps = run.status.steps if run is not None and run.status is not None else 0
+        print(f"[dreamsmith] imported {describe_object(obj)}")
         print(
-            f"[dreamsmith] imported '{obj.name}': {len(mesh.vertices)} vertices, {len(mesh.polygons)} faces"
+            f"[dreamsmith] generation: {gen_seconds:.1f} s ({steps} steps, {backend_seconds:.1f} s on the "
+            "backend, model load included)"
         )
-        if args.render is not None:
-            render_png(bpy, obj, args.render.resolve(), args.render_resolution, args.render_samples)
-            print(f"[dreamsmith] render: {args.render.resolve()}")
-        if args.glb is not None:
-            export_glb(bpy, obj, args.glb.resolve())
-            print(f"[dreamsmith] glb:    {args.glb.resolve()}")
+        if render is not None:
+            t0 = time.monotonic()
+            render_png(bpy, obj, render, args.render_resolution, args.render_samples)
+            print(f"[dreamsmith] rendered {render} in {time.monotonic() - t0:.1f} s")
+            written.append(("render", render))
+        if glb is not None:
+            export_glb(bpy, obj, glb)
+            written.insert(0, ("glb", glb))
         out.parent.mkdir(parents=True, exist_ok=True)
         bpy.ops.wm.save_as_mainfile(filepath=str(out), check_existing=False)
-        print(f"[dreamsmith] blend:  {out}")
+        written.insert(0, ("blend", out))
+        failed = False
     except BackendError as exc:
-        print(f"[dreamsmith] error: {exc}", file=sys.stderr)
-        if proc is not None and proc.log_tail():
-            print(f"[dreamsmith] backend log ({proc.log_path}):\n{proc.log_tail(20)}", file=sys.stderr)
-        return 1
+        message = str(exc)
+        show_log = not (exc.status is not None and 400 <= exc.status < 500)
+        kept = keep_backend_log(backends[0], out) if backends else None
+        if kept is not None:  # the temporary folder named in the message is about to go
+            message = message.replace(str(backends[0].log_path), str(kept))
+        print(f"[dreamsmith] error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("[dreamsmith] interrupted; a running job was cancelled", file=sys.stderr)
+    except Exception as exc:  # a clear line (and the traceback) instead of a silent half-written result
+        import traceback
+
+        traceback.print_exc()
+        print(f"[dreamsmith] error: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
-        if proc is not None:
+        for proc in backends:
+            if failed:
+                tail = proc.log_tail(20)
+                kept = keep_backend_log(proc, out)
+                if tail and show_log:
+                    print(f"[dreamsmith] backend log (last lines):\n{tail}", file=sys.stderr)
+                if kept is not None:
+                    print(f"[dreamsmith] full backend log: {kept}", file=sys.stderr)
             proc.stop()
             print("[dreamsmith] stopped the backend this script started")
-        for folder in (data_dir, work):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-    print(f"[dreamsmith] done in {time.monotonic() - started:.1f} s")
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        print(
+            f"[dreamsmith] FAILED after {time.monotonic() - started:.1f} s; {out} was not written",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"[dreamsmith] done in {time.monotonic() - started:.1f} s; {describe_object(obj)}. Files:")
+    for label, path in written:
+        print(f"[dreamsmith]   {label + ':':7s} {path}")
     return 0
 
 

@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.995)
+    parser.add_argument("--resume", type=Path, default=None, help="continue from a saved prior folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every-min", type=float, default=4.0)
     # One thread: on a shared, oversubscribed CPU, OpenMP barriers with 2+ threads stall badly.
@@ -340,6 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     tok = build_tokenizer(tok_dir)
     check_tokenizer(tok)
     unet, text_encoder, scheduler = build_models(tok, args.seed)
+    previous = {"steps": 0, "minutes": 0.0}
+    if args.resume:
+        # Continue from a saved prior (its EMA weights): same architecture, same tokenizer.
+        from safetensors.torch import load_file
+
+        unet.load_state_dict(load_file(args.resume / "unet" / "diffusion_pytorch_model.safetensors"))
+        text_encoder.load_state_dict(
+            load_file(args.resume / "text_encoder" / "model.safetensors"), strict=False
+        )
+        old = json.loads((args.resume / "train_log.json").read_text())["info"]
+        previous = {"steps": int(old["steps"]), "minutes": float(old["minutes"])}
+        print(f"resumed from {args.resume} after {previous['steps']} steps", flush=True)
     unet.to(device).train()
     text_encoder.to(device).train()
     n_unet = sum(p.numel() for p in unet.parameters())
@@ -385,11 +398,12 @@ def main(argv: list[str] | None = None) -> int:
             "unet_params": n_unet,
             "text_params": n_text,
             "ema_decay": args.ema_decay,
-            "steps": step,
+            "steps": previous["steps"] + step,
+            "resumed_steps": previous["steps"],
             "batch_size": args.batch_size,
             "lr": args.lr,
             "seed": args.seed,
-            "minutes": elapsed / 60,
+            "minutes": previous["minutes"] + elapsed / 60,
             "device": str(device),
             "steps_per_s": step / max(elapsed, 1e-9),
             "final_loss": float(np.mean(recent)) if recent else float("nan"),

@@ -159,6 +159,20 @@ def test_requests_are_what_the_backend_accepts() -> None:
     )
 
 
+def test_unset_steps_and_render_size_take_the_backends_defaults() -> None:
+    body = GenerationRequest(prompt="a red cube").to_json()
+    assert "steps" not in body and "render_size" not in body  # 0 means "backend default"
+    cfg = config_from_dict(body)
+    defaults = config_from_dict({"prompt": "a red cube"})
+    assert (cfg.steps, cfg.render_size) == (defaults.steps, defaults.render_size)
+    assert GenerationRequest.from_json(body).to_json() == body
+    # The backend's stored request (defaults filled in) is what a result records, for reproduction.
+    sent = GenerationRequest(prompt="a red cube", seed=4)
+    ran = sent.resolved({**sent.to_json(), "steps": 321, "render_size": 48, "model": None})
+    assert (ran.steps, ran.render_size, ran.seed, ran.model) == (321, 48, 4, None)
+    assert GenerationRequest(prompt="x").resolved({}).steps == 0
+
+
 class ScriptedClient:
     """Stands in for BackendClient: job states come from a script; every call is recorded."""
 

@@ -302,7 +302,12 @@ def test_chunked_render_without_grad_matches_single_pass() -> None:
 def test_make_renderer_on_cpu_is_dense() -> None:
     renderer = make_renderer(GenerationConfig(prompt="a cube", samples_per_ray=40), "cpu")
     assert isinstance(renderer, DenseRenderer) and renderer.samples_per_ray == 40
-    renderer.update(0)  # no occupancy grid: a no-op
+    assert renderer.occupancy_resolution > 0  # empty-space skipping, as nerfacc on CUDA
+    renderer.update(0)  # no field rendered yet: a no-op
+    assert renderer.occupancy is None
+    field = make_field()
+    renderer.update(0, field)
+    assert renderer.occupancy is not None and renderer.occupancy.shape == (renderer.occupancy_resolution,) * 3
 
 
 # ---- GPU ------------------------------------------------------------------------------------------------

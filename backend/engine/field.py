@@ -51,8 +51,10 @@ class FieldConfig:
 
     @classmethod
     def small(cls) -> FieldConfig:
-        """A lighter grid for CPU runs at 32-64 px renders (12 levels, 2^15 entries, finest 512)."""
-        return cls(n_levels=12, log2_hashmap_size=15, finest_resolution=512)
+        """A lighter grid for CPU runs at 32-64 px renders (12 levels, 2^15 entries, finest 512), with
+        forward-difference normals (3 density evaluations per visible sample instead of 6; on a trained
+        field they differ from central ones by ~8 degrees, as much as halving normal_eps does)."""
+        return cls(n_levels=12, log2_hashmap_size=15, finest_resolution=512, normal_stencil="forward")
 
 
 def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:

