@@ -12,7 +12,6 @@ so the ratio there says how heavy the field and renderer are, not how the real r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
