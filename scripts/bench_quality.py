@@ -36,10 +36,13 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
+import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,7 @@ FULL_PROMPTS = (
 QUICK_SEEDS = (0, 1)
 FULL_SEEDS = (0, 1, 2, 3)
 IOU_THRESHOLDS = (0.5, 0.7)
+BOUND = 1.0  # the scene bound of the engine (DESIGN.md conventions)
 LUMA = np.array([0.2126, 0.7152, 0.0722])
 
 
@@ -587,6 +591,26 @@ def plot(records: list[dict[str, Any]], args: argparse.Namespace, path: Path) ->
 # ---------------------------------------------------------------------------------------------------
 
 
+# Per-process state: the prior and each object's ground truth, loaded once per worker.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    _WORKER["args"] = args
+    _WORKER["device"] = resolve_device(args.device)
+    _WORKER["prior"] = load_prior(args.model, _WORKER["device"])
+    _WORKER["truths"] = {}
+
+
+def _run_task(task: tuple[str, str, int]) -> tuple[dict[str, Any], np.ndarray]:
+    prompt, method, seed = task
+    args, truths = _WORKER["args"], _WORKER["truths"]
+    if prompt not in truths:
+        truths[prompt] = Truth(demo_world.parse_prompt(prompt), args.eval_res, BOUND)
+    return bench_one(_WORKER["prior"], _WORKER["device"], truths[prompt], method, seed, args)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 prompts x 2 seeds x 4 methods, fewer steps")
@@ -615,7 +639,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-meshes", default=None, help="keep every run's mesh files and a front preview in this folder"
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (0: one per CPU core, max 4)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every checkpoint")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "quality.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench_results" / "quality_iou.png")
@@ -655,40 +680,52 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    n_runs = len(args.prompts) * len(args.seeds) * len(args.methods)
+    cores = os.cpu_count() or 1
+    if not args.jobs:  # CPU: one run per core (small tensors scale poorly across threads); GPU: one
+        args.jobs = 1 if device.type == "cuda" else max(1, min(cores, 4, n_runs))
+    args.threads = args.threads or max(1, cores // args.jobs)
     start = time.perf_counter()
     try:
-        prior = load_prior(args.model, device)
+        _init_worker(args)  # loads the prior here too: a bad --model fails before any worker starts
     except DreamsmithError as exc:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
-    bound = 1.0
-    n_runs = len(args.prompts) * len(args.seeds) * len(args.methods)
     print(
         f"bench_quality: {len(args.prompts)} prompts x {len(args.seeds)} seeds x {len(args.methods)} methods "
         f"= {n_runs} runs of {steps} steps, IoU on {args.eval_res}^3 every {args.eval_every} steps, "
-        f"{prior!r}, torch threads {torch.get_num_threads()}",
+        f"{_WORKER['prior']!r}, {args.jobs} parallel run(s) x {args.threads} torch thread(s)",
         flush=True,
     )
+    tasks = [(p, m, s) for p in args.prompts for m in args.methods for s in args.seeds]
     records: list[dict[str, Any]] = []
     finals: dict[tuple[str, str, int], np.ndarray] = {}
-    for prompt in args.prompts:
-        truth = Truth(demo_world.parse_prompt(prompt), args.eval_res, bound)
-        for method in args.methods:
-            for seed in args.seeds:
-                record, occ = bench_one(prior, device, truth, method, seed, args)
-                records.append(record)
-                finals[(prompt, method, seed)] = occ
-                print(
-                    f"  [{len(records)}/{n_runs}] {prompt} {method} seed {seed}: IoU {record['iou_init']:.3f} -> "
-                    f"{record['iou']:.3f} (mesh {_fmt(record.get('mesh_iou'))}), colour err "
-                    f"{record['colour_error']:.3f} ({record['colour_named']}), {record['optimize_s']:.0f} s "
-                    f"+ eval {record['eval_s']:.0f} s + export {record['export_s']:.0f} s "
-                    f"[{time.perf_counter() - start:.0f} s total]",
-                    flush=True,
-                )
+
+    def done(record: dict[str, Any], occ: np.ndarray) -> None:
+        records.append(record)
+        finals[(record["prompt"], record["method"], record["seed"])] = occ
+        print(
+            f"  [{len(records)}/{n_runs}] {record['prompt']} {record['method']} seed {record['seed']}: IoU "
+            f"{record['iou_init']:.3f} -> {record['iou']:.3f} (mesh {_fmt(record.get('mesh_iou'))}), colour "
+            f"err {record['colour_error']:.3f} ({record['colour_named']}), {record['optimize_s']:.0f} s "
+            f"+ eval {record['eval_s']:.0f} s + export {record['export_s']:.0f} s "
+            f"[{time.perf_counter() - start:.0f} s total]",
+            flush=True,
+        )
+
+    if args.jobs == 1:
+        for task in tasks:
+            done(*_run_task(task))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)
+        ) as pool:
+            for future in as_completed([pool.submit(_run_task, task) for task in tasks]):
+                done(*future.result())
+    order = {task: i for i, task in enumerate(tasks)}
+    records.sort(key=lambda r: order[(r["prompt"], r["method"], r["seed"])])
     summary = summarize(records, finals, args)
     wall = time.perf_counter() - start
     print()
@@ -712,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "device": str(device),
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "jobs": args.jobs,
+            "threads": args.threads,
             "platform": platform.platform(),
         },
         "wall_s": round(wall, 1),

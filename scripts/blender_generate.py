@@ -365,6 +365,8 @@ def main(argv: list[str]) -> int:
             export_glb(bpy, obj, glb)
             written.insert(0, ("glb", glb))
         out.parent.mkdir(parents=True, exist_ok=True)
+        # No `demo.blend1` backup beside a file this script overwrites (factory settings: not saved).
+        bpy.context.preferences.filepaths.save_version = 0
         bpy.ops.wm.save_as_mainfile(filepath=str(out), check_existing=False)
         written.insert(0, ("blend", out))
         failed = False

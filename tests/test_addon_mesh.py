@@ -70,6 +70,19 @@ def test_build_mesh_reproduces_counts_positions_and_colours() -> None:
     assert mesh.color_attributes.default_color_name == mesh_build.COLOR_ATTRIBUTE
 
 
+def test_invalid_triangles_are_left_out_so_the_mesh_is_valid_as_built() -> None:
+    arrays = cube_arrays()
+    assert mesh_build.valid_faces(arrays.faces, 8) is arrays.faces  # nothing to drop: no copy
+    bad = np.vstack([arrays.faces, [[0, 0, 1], [3, 1, 0], [7, 6, 2]]]).astype(
+        np.int32
+    )  # 1 degenerate, 2 repeats
+    arrays.faces = bad
+    mesh = mesh_build.build_mesh("with bad triangles", arrays)
+    assert len(mesh.polygons) == 12
+    assert not mesh.validate(clean_customdata=False)  # Blender finds nothing left to fix
+    np.testing.assert_array_equal(mesh_build.valid_faces(bad, 8), bad[:12])
+
+
 def test_uv_layer_has_one_uv_per_face_corner_from_per_vertex_uvs() -> None:
     arrays = cube_arrays(with_uvs=True)
     mesh = mesh_build.build_mesh("box_uv", arrays)

@@ -107,7 +107,7 @@ def _visible_colours(
     """Colours and normals [M, 3] of samples x [M, 3] (features [M, E], weights [M], light [M, 3]; sigma
     [M], the densities already computed, spares the forward-difference normals one evaluation).
 
-    Only samples whose (detached) weight exceeds `threshold` get an albedo and a normal (6 density
+    Only samples whose (detached) weight exceeds `threshold` get an albedo and a normal (3 or 6 density
     evaluations each); the others stay 0. They enter the image, the orientation loss and every gradient
     multiplied by their weight, so the error is at most `threshold` per sample.
     """
@@ -551,8 +551,8 @@ class NerfaccRenderer:
 
 
 # The dense renderer's empty-space grid: 32^3 cells of 1/16 world unit (a 32 px render's pixel is ~1/9 at
-# the default cameras), refreshed every 16 steps from 33^3 probes. On a 32 px CPU run it skips ~2/3 of the
-# samples for ~4% of a step, and leaves the IoU curves of scripts/bench_quality.py unchanged.
+# the default cameras), refreshed every 16 steps from 33^3 probes. On a 32 px CPU run it skips 1/2 to 2/3
+# of the samples for ~5% of a step, and leaves the IoU curves of scripts/bench_quality.py unchanged.
 DENSE_OCCUPANCY_RESOLUTION = 32
 
 
