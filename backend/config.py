@@ -116,7 +116,8 @@ class GenerationConfig:
     # Shading mix (albedo, lambertian, textureless) once warm-up is over, as in DreamFusion.
     shading_warmup_steps: int = 100
     shading_probs: tuple[float, float, float] = (0.5, 0.3, 0.2)
-    background: str = "learned"
+    # The demo prior was trained on white backgrounds; "learned" (DreamFusion) suits Stable Diffusion too.
+    background: str = "white"
     samples_per_ray: int = 32
 
     @property
