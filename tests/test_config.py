@@ -52,7 +52,12 @@ def test_bad_values_name_the_field(data, field):
 
 def test_round_trip_through_plain_data():
     cfg = config_from_dict(
-        {"prompt": "a blue torus", "method": "asd", "camera": {"fov_deg": [30, 40]}, "export": {"texture": "uv"}}
+        {
+            "prompt": "a blue torus",
+            "method": "asd",
+            "camera": {"fov_deg": [30, 40]},
+            "export": {"texture": "uv"},
+        }
     )
     again = config_from_dict(cfg.to_dict())
     assert again == cfg
