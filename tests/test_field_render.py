@@ -379,6 +379,20 @@ def test_nerfacc_renderer_trains() -> None:
     assert torch.isfinite(out.rgb).all() and out.opacity[0, 16, 16] > 0.9
 
 
+def test_an_empty_field_gets_no_occupancy_skipping() -> None:
+    field = make_field()
+    field.cfg = FieldConfig(**{**vars(TINY), "blob_density": -10.0, "blob_radius": 1e6})  # sigma ~5e-5
+    renderer = DenseRenderer(samples_per_ray=32, occupancy_resolution=8)
+    renderer.update(0, field)
+    assert renderer.occupancy is not None and renderer.occupancy.all()
+    rays_o, rays_d = front_rays(size=8)
+    out = renderer.render(
+        field, None, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
+    )
+    out.opacity.sum().backward()
+    assert field.encoding.table.grad is not None and field.encoding.table.grad.abs().sum() > 0
+
+
 def test_occupancy_grid_skips_empty_space_without_changing_the_image() -> None:
     field = make_field()
     rays_o, rays_d = front_rays(size=24)

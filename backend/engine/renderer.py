@@ -236,6 +236,9 @@ class DenseRenderer:
         tau = F.max_pool3d(sigma, 2, stride=1) * (2.0 * bound / self.samples_per_ray)
         occupied = (tau > self.occupancy_threshold).float()
         self.occupancy = F.max_pool3d(occupied, 3, stride=1, padding=1)[0, 0] > 0
+        if not self.occupancy.any():
+            # An empty grid would freeze an empty field (no sample would get a gradient): skip nothing.
+            self.occupancy.fill_(True)
         self._occupancy_bound = bound
 
     def _occupied(self, x: Tensor) -> Tensor:
