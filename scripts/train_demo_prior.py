@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from backend import demo_world  # noqa: E402
-from backend.engine.tiny_prior import PIXEL_PIPELINE_CLASS  # noqa: E402
+from backend.engine.tiny_prior import PIXEL_PIPELINE_CLASS, bytes_to_unicode  # noqa: E402
 from backend.engine.views import VIEWS  # noqa: E402
 from backend.fileio import write_bytes_atomic, write_json_atomic  # noqa: E402
 
@@ -72,20 +72,6 @@ SCHEDULER_CONFIG = dict(
 # Tokenizer
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable unicode character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 def world_words() -> list[str]:
     words = ["a", "an", "the", "view", "of"] + list(VIEWS) + list(demo_world.COLOURS)
     for names in demo_world.SHAPE_WORDS.values():
@@ -102,7 +88,7 @@ def build_tokenizer(out_dir: Path):
     """
     from transformers import CLIPTokenizer
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
     for word in world_words():

@@ -36,7 +36,7 @@ _WORDS = (
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable unicode character."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -52,7 +52,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
     """CLIP-style BPE tokenizer (bytes, bytes + '</w>', a few merges, start/end tokens), built offline."""
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
     for word in _WORDS:
