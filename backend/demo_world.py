@@ -67,8 +67,9 @@ class DemoObject:
 
     @property
     def prompt(self) -> str:
-        """The caption without a view suffix: 'a red cube'."""
-        return f"a {self.colour} {self.shape}"
+        """The caption without a view suffix: 'a red cube', 'an orange cone'."""
+        article = "an" if self.colour[0] in "aeiou" else "a"
+        return f"{article} {self.colour} {self.shape}"
 
     @property
     def rgb(self) -> tuple[float, float, float]:

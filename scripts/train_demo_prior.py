@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from backend import demo_world  # noqa: E402
 from backend.engine.tiny_prior import PIXEL_PIPELINE_CLASS, bytes_to_unicode  # noqa: E402
@@ -140,12 +139,18 @@ def dataset_path(cache_dir: Path, n: int, size: int, seed: int) -> Path:
     return cache_dir / f"demo_world_v{DATASET_VERSION}_n{n}_s{size}_seed{seed}.npz"
 
 
+def recaption(text: str) -> str:
+    """A cached caption in the world's current wording ('a orange cube, side view' -> 'an orange ...')."""
+    prompt, _, view = text.rpartition(", ")
+    return demo_world.caption(demo_world.parse_prompt(prompt), view.removesuffix(" view"))
+
+
 def load_or_render_dataset(cache_dir: Path, n: int, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """uint8 images [n, size, size, 3] and captions, rendered once from the demo world and cached."""
     path = dataset_path(cache_dir, n, size, seed)
     if path.is_file():
         data = np.load(path)
-        return data["images"], [str(c) for c in data["captions"]]
+        return data["images"], [recaption(str(c)) for c in data["captions"]]
     t0 = time.time()
     print(f"rendering {n} images of {size}px to {path} ...", flush=True)
     images, captions, _ = demo_world.make_dataset(n, size=size, seed=seed, chunk=96)
@@ -288,7 +293,8 @@ so generation works offline on a CPU and quality can be measured against ground 
   Saved weights: exponential moving average (decay {info["ema_decay"]}).
 - **Training**: {info["steps"]} steps, batch {info["batch_size"]}, AdamW lr {info["lr"]} (warm-up, cosine
   decay), seed {info["seed"]}, {info["minutes"]:.1f} minutes on {info["device"]} ({info["steps_per_s"]:.2f} steps/s).
-- **Final loss** (mean of the last 200 steps): {info["final_loss"]:.4f}. Curve: `loss.png`, `train_log.json`.
+- **Loss**: epsilon MSE{f", weighted by min(SNR, {info['min_snr']:g}) / SNR (min-SNR-gamma)" if info["min_snr"] else ""}.
+  **Final loss** (mean of the last 200 steps): {info["final_loss"]:.4f}. Curve: `loss.png`, `train_log.json`.
 """
 
 
@@ -307,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.995)
+    parser.add_argument(
+        "--min-snr", type=float, default=5.0, help="min-SNR-gamma loss weighting (0: plain epsilon MSE)"
+    )
     parser.add_argument("--resume", type=Path, default=None, help="continue from a saved prior folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every-min", type=float, default=4.0)
@@ -388,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "resumed_steps": previous["steps"],
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "min_snr": args.min_snr,
             "seed": args.seed,
             "minutes": previous["minutes"] + elapsed / 60,
             "device": str(device),
@@ -441,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
             emb = text_encoder(token_ids[cond.to(device)])[0]
             pred = unet(x_t, t, encoder_hidden_states=emb).sample
-            loss = F.mse_loss(pred, noise)
+            # Min-SNR-gamma weighting (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR.
+            snr = a.flatten() / (1 - a.flatten())
+            weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+            loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss at step {step}")
             opt.zero_grad(set_to_none=True)

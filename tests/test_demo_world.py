@@ -113,3 +113,8 @@ def test_parse_prompt():
     assert w.parse_prompt("an orange donut, overhead view") == w.DemoObject("torus", "orange")
     with pytest.raises(ValueError):
         w.parse_prompt("a teapot")
+
+
+def test_captions_use_the_right_article():
+    assert w.DemoObject("cone", "orange").prompt == "an orange cone"
+    assert w.caption(w.DemoObject("house", "red"), "back") == "a red house, back view"
