@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mcubes
 import numpy as np
 import pytest
 import torch
@@ -201,6 +202,22 @@ def test_decimation_reaches_the_target_and_keeps_the_shape() -> None:
     assert small_v.dtype == np.float32 and small_f.dtype == np.int32 and small_f.max() < len(small_v)
     same_v, same_f = ex.decimate(small_v, small_f, 5000)
     assert same_v is small_v and same_f is small_f
+
+
+def test_decimation_leaves_no_repeated_vertex_and_no_duplicate_triangle() -> None:
+    faces = np.array([[0, 1, 2], [2, 1, 1], [1, 2, 0], [0, 2, 3], [3, 3, 3], [2, 0, 3], [1, 3, 2]])
+    assert ex.valid_faces(faces).tolist() == [[0, 1, 2], [0, 2, 3], [1, 3, 2]]
+    assert ex.valid_faces(np.zeros((0, 3), dtype=np.int32)).shape == (0, 3)
+    # A noisy surface of many small pieces, as an early generation: edge collapses there duplicate
+    # hundreds of triangles (fast_simplification alone leaves ~300 of 4000).
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 48)
+    r2 = sum(c**2 for c in np.meshgrid(x, x, x, indexing="ij"))
+    verts, faces = mcubes.marching_cubes(1 - 2 * r2 + 0.3 * rng.normal(size=r2.shape), 0.0)
+    for target in (200, 1000, 4000):
+        _, small_f = ex.decimate(verts, faces, target)
+        assert len(small_f) > 0.75 * target  # about the target, less the duplicates
+        assert len(np.unique(np.sort(small_f, axis=1), axis=0)) == len(small_f)
 
 
 def test_vertex_colors_follow_the_albedo() -> None:

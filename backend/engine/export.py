@@ -257,13 +257,20 @@ def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[n
     new_verts, new_faces = fast_simplification.simplify(
         np.asarray(verts, dtype=np.float32), np.asarray(faces, dtype=np.int32), target_count=int(target_faces)
     )
-    new_faces = np.asarray(new_faces, dtype=np.int64)
-    new_faces = new_faces[
-        (new_faces[:, 0] != new_faces[:, 1])
-        & (new_faces[:, 1] != new_faces[:, 2])
-        & (new_faces[:, 2] != new_faces[:, 0])
-    ]
-    return _compact(np.asarray(new_verts), new_faces)
+    return _compact(np.asarray(new_verts), valid_faces(new_faces))
+
+
+def valid_faces(faces: np.ndarray) -> np.ndarray:
+    """`faces` without the triangles a mesh must not hold: one that uses a vertex twice, or the same three
+    vertices as an earlier triangle (edge collapses can leave both). Order is kept."""
+    f = np.asarray(faces, dtype=np.int64)
+    if len(f) == 0:
+        return f
+    keep = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
+    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+    unique = np.zeros(len(f), dtype=bool)
+    unique[first] = True
+    return f[keep & unique]
 
 
 def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
