@@ -80,3 +80,21 @@ def test_bench_quality_refuses_a_prompt_outside_the_world():
     bench = load_script("bench_quality")
     with pytest.raises(ValueError, match="teapot"):
         bench.parse_args(["--prompts", "a teapot"])
+
+
+def test_score_mesh_tells_shape_and_colour(tmp_path, capsys):
+    import numpy as np
+    import trimesh
+
+    from backend import demo_world
+
+    score = load_script("score_mesh")
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=demo_world.SPHERE_RADIUS)
+    red = np.tile(np.array([[200, 10, 10, 255]], dtype=np.uint8), (len(sphere.vertices), 1))
+    np.savez(tmp_path / "mesh.npz", vertices=sphere.vertices, faces=sphere.faces, colors=red)
+    assert score.main([str(tmp_path), "a red sphere"]) == 0
+    assert "best match: sphere" in capsys.readouterr().out
+    assert score.main([str(tmp_path), "a blue sphere"]) == 1  # wrong colour
+    assert score.main([str(tmp_path), "a red cube"]) == 1  # a fair IoU (~0.7), but a sphere fits better
+    assert score.main([str(tmp_path / "missing"), "a red sphere"]) == 2
+    assert score.main([str(tmp_path), "a teapot"]) == 2
