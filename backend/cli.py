@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="decimate the mesh to about this many faces (default %(default)s)",
     )
     gen.add_argument(
+        "--smoothing",
+        type=float,
+        default=_DEFAULTS.export.smoothing,
+        help="smooth the density grid before marching cubes, sigma in grid cells; 0: off (default %(default)s)",
+    )
+    gen.add_argument(
         "--threshold",
         type=float,
         default=None,
@@ -145,6 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 texture=args.texture,
                 texture_size=args.texture_size,
                 target_faces=args.target_faces,
+                smoothing=args.smoothing,
                 threshold=args.threshold,
             ),
         ).validate()

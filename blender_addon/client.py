@@ -173,6 +173,7 @@ class ExportOptions:
     texture: str = "vertex"
     texture_size: int = 1024
     target_faces: int = 50000
+    smoothing: float = 1.0
 
 
 @dataclass
@@ -215,6 +216,7 @@ class GenerationRequest:
                 "texture": self.export.texture,
                 "texture_size": int(self.export.texture_size),
                 "target_faces": int(self.export.target_faces),
+                "smoothing": float(self.export.smoothing),
             },
         }
         if self.steps:
@@ -272,6 +274,7 @@ class GenerationRequest:
                 texture=str(exp.get("texture", defaults_exp.texture)),
                 texture_size=int(exp.get("texture_size", defaults_exp.texture_size)),
                 target_faces=int(exp.get("target_faces", defaults_exp.target_faces)),
+                smoothing=float(exp.get("smoothing", defaults_exp.smoothing)),
             ),
         )
 

@@ -139,6 +139,7 @@ class DREAMSMITH_PT_export(DreamsmithPanel):
         s = properties.settings_of(context)
         layout.prop(s, "mesh_resolution")
         layout.prop(s, "target_faces")
+        layout.prop(s, "smoothing")
         layout.prop(s, "texture")
         row = layout.row()
         row.active = s.texture == "uv"

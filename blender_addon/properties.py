@@ -224,6 +224,14 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         min=100,
         max=2_000_000,
     )
+    smoothing: FloatProperty(
+        name="Smoothing",
+        description="Smooths the surface before meshing, in grid cells: takes out small dents; 0 keeps every "
+        "detail of the field",
+        default=1.0,
+        min=0.0,
+        max=4.0,
+    )
     object_size: FloatProperty(
         name="Object Size",
         description="Largest dimension of the imported object, in scene units",
@@ -285,6 +293,7 @@ def request_from_settings(s: DreamsmithSettings) -> GenerationRequest:
             texture=s.texture,
             texture_size=s.texture_size,
             target_faces=s.target_faces,
+            smoothing=s.smoothing,
         ),
     )
 
@@ -310,6 +319,7 @@ def apply_request(s: DreamsmithSettings, req: GenerationRequest) -> None:
         s.texture = req.export.texture
     s.texture_size = req.export.texture_size
     s.target_faces = req.export.target_faces
+    s.smoothing = req.export.smoothing
 
 
 def add_history(

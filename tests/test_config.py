@@ -39,6 +39,8 @@ def test_defaults_are_valid_and_method_defaults_apply():
         ({"prompt": "a", "camera": 3}, "camera"),
         ({"prompt": "a", "export": {"texture": "ptex"}}, "export.texture"),
         ({"prompt": "a", "export": {"target_faces": 10}}, "export.target_faces"),
+        ({"prompt": "a", "export": {"smoothing": -1}}, "export.smoothing"),
+        ({"prompt": "a", "export": {"smoothing": 5.0}}, "export.smoothing"),
         ({"prompt": "a", "colour": "red"}, "colour"),
         ({"prompt": "a", "model": ""}, "model"),
     ],

@@ -220,6 +220,22 @@ def test_decimation_leaves_no_repeated_vertex_and_no_duplicate_triangle() -> Non
         assert len(np.unique(np.sort(small_f, axis=1), axis=0)) == len(small_f)
 
 
+def test_smoothing_takes_the_dents_out_and_keeps_the_shape() -> None:
+    x = np.linspace(-1, 1, 96)
+    r = np.sqrt(sum(c**2 for c in np.meshgrid(x, x, x, indexing="ij")))
+    rng = np.random.default_rng(0)
+    density = (50 / (1 + np.exp(-(0.5 - r) / 0.02)) + 15 * rng.normal(size=r.shape)).astype(np.float32)
+    assert ex.smooth_grid(density, 0.0) is density
+    meshes = {}
+    for sigma in (0.0, 1.0):
+        verts, faces = ex.remove_floaters(*ex.marching_cubes_mesh(ex.smooth_grid(density, sigma), 1.0, 25.0))
+        meshes[sigma] = trimesh.Trimesh(verts, faces, process=False)
+    sphere_area = 4 * math.pi * 0.5**2
+    assert meshes[0.0].area > 2 * sphere_area  # noise dents the surface everywhere
+    assert meshes[1.0].area == pytest.approx(sphere_area, rel=0.05)
+    assert meshes[1.0].is_watertight and meshes[1.0].volume == pytest.approx(SPHERE_VOLUME, rel=0.03)
+
+
 def test_vertex_colors_follow_the_albedo() -> None:
     verts, faces = sphere_mesh(48)
     colors = ex.vertex_colors(SpheresField(), verts, ex.vertex_normals(verts, faces), inset=0.01)

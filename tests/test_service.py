@@ -202,6 +202,8 @@ def test_health_reports_device_methods_and_queue(start) -> None:
         ({"prompt": "a", "export": {"texture": "ptex"}}, 422, "export.texture"),
         ({"prompt": "a", "export": {"mesh_resolution": 1024}}, 422, "export.mesh_resolution"),
         ({"prompt": "a", "export": {"threshold": 0.5}}, 422, "export.threshold"),
+        ({"prompt": "a", "export": {"smoothing": 9}}, 422, "export.smoothing"),
+        ({"prompt": "a", "export": {"smoothing": "some"}}, 422, "export.smoothing"),
         ([], 422, None),
         ("a red cube", 422, None),
     ],

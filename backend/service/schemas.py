@@ -98,6 +98,9 @@ class ExportRequest(_Strict):
     target_faces: JsonInt = _int(
         "export.target_faces", _EXPORT.target_faces, "decimate to about this many faces"
     )  # type: ignore[assignment]
+    smoothing: float = _float(
+        "export.smoothing", _EXPORT.smoothing, "smooth the density before marching cubes (grid cells; 0: off)"
+    )  # type: ignore[assignment]
 
 
 class JobRequest(_Strict):
