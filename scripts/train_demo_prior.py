@@ -292,7 +292,8 @@ so generation works offline on a CPU and quality can be measured against ground 
   Scheduler: DDPM, scaled-linear betas 0.00085-0.012, 1000 steps, epsilon prediction (Stable Diffusion's).
   Saved weights: exponential moving average (decay {info["ema_decay"]}).
 - **Training**: {info["steps"]} steps, batch {info["batch_size"]}, AdamW lr {info["lr"]} (warm-up, cosine
-  decay), seed {info["seed"]}, {info["minutes"]:.1f} minutes on {info["device"]} ({info["steps_per_s"]:.2f} steps/s).
+  decay), seed {info["seed"]}, {info["minutes"]:.1f} minutes on {info["device"]} ({info["steps_per_s"]:.2f} steps/s):
+  `{info.get("command", "scripts/train_demo_prior.py")}`.
 - **Loss**: epsilon MSE{f", weighted by min(SNR, {info['min_snr']:g}) / SNR (min-SNR-gamma)" if info["min_snr"] else ""}.
   **Final loss** (mean of the last 200 steps): {info["final_loss"]:.4f}. Curve: `loss.png`, `train_log.json`.
 """
@@ -404,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             "steps_per_s": step / max(elapsed, 1e-9),
             "final_loss": float(np.mean(recent)) if recent else float("nan"),
             "final": final,
+            "command": " ".join(
+                ["scripts/train_demo_prior.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
         }
         every = max(1, len(rows) // 2000)
         log = {"info": info, "unet_config": UNET_CONFIG, "text_config": TEXT_CONFIG, "curve": rows[::every]}
