@@ -30,6 +30,9 @@ Derived numbers, per method:
   shows the median over runs, a run that never gets there counting as infinitely slow (">N" when
   half or more never do), and how many runs reached it. The initial density blob alone scores IoU ~0.6
   against every object of the world, hence the default thresholds 0.7 and 0.85 ("IoU@0" column).
+- first step at IoU x (per prompt, each seed) and the peak IoU with its step: on objects that are not
+  blob-like (cone, cube) every method first sculpts toward the object and then inflates past it, so the
+  settled count above misses how fast a method gets there.
 - diversity: 1 - mean pairwise IoU of the final occupancies across seeds (same prompt and method).
 - Janus (objects with a distinct front, the house): the field is rendered in albedo shading from the front
   and from the back; "door contrast" is (wall luminance - door-area luminance) / the true contrast, where
@@ -373,6 +376,11 @@ def evaluate_mesh(mesh_npz: Path, truth: Truth, args: argparse.Namespace, bound:
     }
 
 
+def first_step(curve: list[dict[str, Any]], threshold: float) -> int | None:
+    """First checkpoint step with IoU >= threshold, even if the run falls back later; None if never."""
+    return next((point["step"] for point in curve if point["iou"] >= threshold), None)
+
+
 def settled_step(curve: list[dict[str, Any]], threshold: float) -> int | None:
     """First checkpoint step from which the IoU stays >= threshold to the end; None if it ends below."""
     found: int | None = None
@@ -428,6 +436,9 @@ def bench_one(
         "colour_named": curve[-1]["colour_named"],
         "colour_ok": curve[-1]["colour_named"] == truth.obj.colour,
         "steps_to": {str(x): settled_step(curve, x) for x in args.thresholds},
+        "first_to": {str(x): first_step(curve, x) for x in args.thresholds},
+        "peak_iou": max(point["iou"] for point in curve),
+        "peak_step": max(curve, key=lambda point: point["iou"])["step"],
         "optimize_s": round(optimize_s, 2),
         "eval_s": round(eval_s, 2),
     }
@@ -565,6 +576,29 @@ def print_matrix(records: list[dict[str, Any]], key: str, title: str) -> None:
     print(" " * width + "".join(m.ljust(9) for m in methods))
     for prompt, row in table.items():
         print(prompt.ljust(width) + "".join(_fmt(row.get(m)).ljust(9) for m in methods))
+
+
+def print_first_reach(records: list[dict[str, Any]], thresholds: list[float]) -> None:
+    """Per prompt and method: the first step each seed touched IoU x ("-": never), and the peak IoU."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    prompts = list(dict.fromkeys(r["prompt"] for r in records))
+    print("\nfirst step at IoU >= x per seed ('-': never), then the peak IoU (mean over seeds) and its steps")
+    for prompt in prompts:
+        for x in [*thresholds, "peak"]:
+            cells = []
+            for m in methods:
+                rs = [r for r in records if r["prompt"] == prompt and r["method"] == m]
+                if x == "peak":
+                    steps = "/".join(str(r["peak_step"]) for r in rs)
+                    cells.append(f"{_fmt(_mean([r['peak_iou'] for r in rs]), '.2f')} @ {steps}")
+                else:
+                    cells.append(
+                        "/".join(
+                            "-" if r["first_to"][str(x)] is None else str(r["first_to"][str(x)]) for r in rs
+                        )
+                    )
+            label = f"{prompt}, {'peak' if x == 'peak' else f'>= {x}'}"
+            print(f"  {label:<28}" + "".join(f"{m}: {c:<18}" for m, c in zip(methods, cells, strict=True)))
 
 
 def print_per_prompt(records: list[dict[str, Any]]) -> None:
@@ -773,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.prompts) > 1:
         print_matrix(records, "iou", "final IoU (density grid), mean over seeds")
         print_matrix(records, "mesh_colour_error", "mesh colour error, mean over seeds")
+    print_first_reach(records, args.thresholds)
     print_per_prompt(records)
     budget = " (quick mode target: about 300 s)" if args.quick else ""
     print(f"\nbudget used: {wall:.0f} s wall for {n_runs} runs{budget}")

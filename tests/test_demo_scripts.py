@@ -71,9 +71,10 @@ def test_bench_quality_prints_the_table_and_writes_json_and_plot(trained, tmp_pa
     assert len(result["runs"]) == 2 and plot.stat().st_size > 0
     run = result["runs"][0]
     assert 0.0 <= run["iou"] <= 1.0 and [p["step"] for p in run["curve"]][0] == 0
+    assert run["peak_iou"] == max(p["iou"] for p in run["curve"]) and set(run["first_to"]) == {"0.7", "0.85"}
     assert "sds" in result["summary"]
     printed = capsys.readouterr().out
-    assert "IoU@0" in printed and "budget used" in printed
+    assert "IoU@0" in printed and "budget used" in printed and "first step at IoU" in printed
 
 
 def test_bench_quality_refuses_a_prompt_outside_the_world():
