@@ -24,6 +24,7 @@ METHOD_PARTS: dict[str, tuple[str, str]] = {
 }
 # Classifier-free guidance scale per gradient rule: DreamFusion's 100 for SDS, ScaleDreamer's 7.5 for ASD.
 DEFAULT_GUIDANCE = {"sds": 100.0, "asd": 7.5}
+DEFAULT_T_MAX = 0.98  # for models that recommend none (DESIGN.md)
 TEXTURE_MODES = ("vertex", "uv")
 BACKGROUNDS = ("learned", "random", "white")
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,9 +96,11 @@ class GenerationConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
-    # Timesteps, as fractions of the model's T (DESIGN.md: t_min = 0.02 T, t_max = 0.98 T).
+    # Timesteps, as fractions of the model's T (DESIGN.md: t_min = 0.02 T, t_max = 0.98 T). t_max None: the
+    # model's own recommendation (`dreamsmith.json` beside its model_index.json; the demo prior's is 0.6),
+    # else 0.98.
     t_min: float = 0.02
-    t_max: float = 0.98
+    t_max: float | None = None
     # Uniform schedule window annealing (ScaleDreamer slides [500, 980] to [20, 500]); None = fixed.
     anneal_window: tuple[float, float, float, float] | None = None
     # DreamTime prior weight W_p parameters (in timesteps) and whether W_d multiplies it.
@@ -209,7 +212,10 @@ def validate_config(cfg: GenerationConfig) -> None:
         or not math.isfinite(exp.threshold)
     ):
         raise InvalidConfig("export.threshold", "must be a number or omitted for automatic")
-    if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:
+    t_max = 1.0 if cfg.t_max is None else cfg.t_max
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (cfg.t_min, t_max)) or not (
+        0.0 <= cfg.t_min < t_max <= 1.0
+    ):
         raise InvalidConfig("t_min", "need 0 <= t_min < t_max <= 1 (fractions of the model's T)")
 
 

@@ -41,6 +41,8 @@ def test_defaults_are_valid_and_method_defaults_apply():
         ({"prompt": "a", "export": {"target_faces": 10}}, "export.target_faces"),
         ({"prompt": "a", "export": {"smoothing": -1}}, "export.smoothing"),
         ({"prompt": "a", "export": {"smoothing": 5.0}}, "export.smoothing"),
+        ({"prompt": "a", "t_max": 0.01}, "t_min"),
+        ({"prompt": "a", "t_max": "high"}, "t_min"),
         ({"prompt": "a", "colour": "red"}, "colour"),
         ({"prompt": "a", "model": ""}, "model"),
     ],

@@ -61,3 +61,8 @@ def test_demo_prior_predicts_finite_noise_that_depends_on_the_prompt(demo_prior)
     eps_blue = demo_prior.predict_noise(x, torch.tensor(500), blue.views["front"])
     assert torch.isfinite(eps_red).all()
     assert (eps_red - eps_blue).abs().mean() > 1e-4
+
+
+def test_demo_prior_recommends_a_lower_t_max(demo_prior):
+    # Without the largest timesteps, distillation from this prior does not inflate non-spherical objects.
+    assert demo_prior.recommended == {"t_max": 0.6}

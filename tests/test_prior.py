@@ -187,3 +187,27 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DreamsmithError, match="cuda"):
             resolve_device("cuda")
+
+
+def test_a_model_folder_may_recommend_t_max(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    from backend.config import DEFAULT_T_MAX, GenerationConfig
+    from backend.engine.pipeline import DistillationRun
+
+    assert load_prior(str(tiny_pixel_prior), CPU).recommended == {}
+    folder = tmp_path / "recommends"
+    shutil.copytree(tiny_pixel_prior, folder)
+    (folder / "dreamsmith.json").write_text(json.dumps({"t_max": 0.6, "comment": "ignored"}))
+    prior = load_prior(str(folder), CPU)
+    assert prior.recommended == {"t_max": 0.6}
+    # A run that leaves t_max unset takes the model's; one that sets it keeps its own; others get 0.98.
+    run = DistillationRun(GenerationConfig(prompt="a red cube", method="sds", steps=2), prior, CPU)
+    assert run.cfg.t_max == 0.6 and (run.schedule.t_min, run.schedule.t_max) == (20, 600)
+    run = DistillationRun(GenerationConfig(prompt="a red cube", method="sds", t_max=0.9), prior, CPU)
+    assert run.cfg.t_max == 0.9
+    run = DistillationRun(GenerationConfig(prompt="a red cube"), load_prior(str(tiny_pixel_prior), CPU), CPU)
+    assert run.cfg.t_max == DEFAULT_T_MAX
+    for bad in ('{"t_max": 7}', '{"t_max": "high"}', "not json"):
+        (folder / "dreamsmith.json").write_text(bad)
+        with pytest.raises(ModelLoadError) as exc:
+            load_prior(str(folder), CPU)
+        _assert_readable(exc, "dreamsmith.json")

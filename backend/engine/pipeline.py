@@ -10,12 +10,12 @@ import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from backend.config import GenerationConfig
+from backend.config import DEFAULT_T_MAX, GenerationConfig
 from backend.engine.background import LearnedBackground, background_color
 from backend.engine.cameras import CameraBatch, camera_rays, orbit_camera, sample_cameras
 from backend.engine.export import export_result
@@ -89,6 +89,8 @@ class DistillationRun:
     def __init__(
         self, cfg: GenerationConfig, prior: Prior, device: torch.device, timer: StepTimer | None = None
     ) -> None:
+        if cfg.t_max is None:  # the model's recommendation, recorded in the run's config
+            cfg = replace(cfg, t_max=prior.recommended.get("t_max", DEFAULT_T_MAX))
         self.cfg = cfg
         self.prior = prior
         self.device = device

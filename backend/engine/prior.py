@@ -54,8 +54,11 @@ class Prior:
         vae: Any | None,
         device: torch.device,
         dtype: torch.dtype,
+        recommended: dict[str, float] | None = None,
     ) -> None:
         self.name = name
+        # Settings the model's makers recommend for score distillation (`dreamsmith.json`), e.g. t_max.
+        self.recommended: dict[str, float] = dict(recommended or {})
         self.unet = unet
         self.text_encoder = text_encoder  # stays on the CPU in float32: run once per generation
         self.tokenizer = tokenizer
@@ -309,7 +312,32 @@ def load_prior(model: str | None, device: torch.device) -> Prior:
         vae=parts.get("vae"),
         device=device,
         dtype=dtype,
+        recommended=_read_recommended(src),
     )
+
+
+RECOMMENDED_KEYS = {"t_max": (0.05, 1.0)}
+
+
+def _read_recommended(src: _Source) -> dict[str, float]:
+    """`dreamsmith.json` beside model_index.json: {"t_max": 0.6}; other keys are ignored. A local folder
+    only; a file that is not a JSON object of numbers in range is an error, not silently skipped."""
+    path = Path(src.location) / "dreamsmith.json"
+    if not src.local or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{src.name}: dreamsmith.json is not readable JSON ({exc}).") from exc
+    out: dict[str, float] = {}
+    for key, (lo, hi) in RECOMMENDED_KEYS.items():
+        value = data.get(key) if isinstance(data, dict) else None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ModelLoadError(f"{src.name}: dreamsmith.json {key} must be a number in [{lo}, {hi}].")
+        out[key] = float(value)
+    return out
 
 
 class PriorCache:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.config import GenerationConfig
+from backend.config import DEFAULT_T_MAX, GenerationConfig
 
 # ScaleDreamer's annealed window for ASD, as fractions of T: [0.5, 0.98] T -> [0.02, 0.5] T.
 ASD_ANNEAL_WINDOW = (0.5, 0.98, 0.02, 0.5)
@@ -108,9 +108,11 @@ class TimePrioritizedSchedule:
 
 
 def timestep_bounds(cfg: GenerationConfig, num_train_timesteps: int) -> tuple[int, int]:
-    """[t_min, t_max] in integer timesteps from the config's fractions of T (0.02 T, 0.98 T)."""
+    """[t_min, t_max] in integer timesteps from the config's fractions of T (0.02 T, 0.98 T; a t_max left
+    None, the model's choice, is 0.98 here: `DistillationRun` fills in the model's own first)."""
     T = num_train_timesteps
-    return round(cfg.t_min * T), min(round(cfg.t_max * T), T - 1)
+    t_max = DEFAULT_T_MAX if cfg.t_max is None else cfg.t_max
+    return round(cfg.t_min * T), min(round(t_max * T), T - 1)
 
 
 def make_schedule(cfg: GenerationConfig, alphas_cumprod: Tensor) -> UniformSchedule | TimePrioritizedSchedule:
