@@ -598,7 +598,7 @@ def print_first_reach(records: list[dict[str, Any]], thresholds: list[float]) ->
                         )
                     )
             label = f"{prompt}, {'peak' if x == 'peak' else f'>= {x}'}"
-            print(f"  {label:<28}" + "".join(f"{m}: {c:<18}" for m, c in zip(methods, cells, strict=True)))
+            print(f"  {label:<28}" + "".join(f"{m}: {c:<22}" for m, c in zip(methods, cells, strict=True)))
 
 
 def print_per_prompt(records: list[dict[str, Any]]) -> None:
