@@ -1,6 +1,6 @@
 """Train the built-in demo prior: a small pixel-space text-to-image diffusion model on the demo world.
 
-    python scripts/train_demo_prior.py [--minutes 35] [--device cpu] [--out backend/priors/demo]
+    python scripts/train_demo_prior.py [--minutes 55] [--device cpu] [--out backend/priors/demo]
 
 Data: a fixed set of 32-pixel renders of `backend.demo_world` (every shape x colour, cameras drawn like
 the engine's, captions "a red cube, front view"), rendered once and cached as .npz. Model: a diffusers
@@ -312,7 +312,9 @@ so generation works offline on a CPU and quality can be measured against ground 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=35.0, help="wall-clock budget for training")
+    parser.add_argument(
+        "--minutes", type=float, default=55.0, help="wall-clock budget for training (the shipped prior: 55)"
+    )
     parser.add_argument("--steps", type=int, default=0, help="fixed number of steps (0: use --minutes)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
