@@ -738,10 +738,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
     try:
-        steps = make_config(args.prompts[0], args.methods[0], 0, args).steps
+        probe = make_config(args.prompts[0], args.methods[0], 0, args)  # the settings every run shares
     except DreamsmithError as exc:  # a bad --set or out-of-range setting
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
+    steps = probe.steps
     args.eval_every = args.eval_every or max(1, steps // 12)
     if args.model is None and not (DEMO_PRIOR_PATH / "model_index.json").is_file():
         print(
@@ -764,10 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and not args.render_size:
         # The prior resizes every render to its input size: rendering larger only costs time.
         args.render_size = _WORKER["prior"].input_size
-        steps = make_config(args.prompts[0], args.methods[0], 0, args).steps
+        probe = make_config(args.prompts[0], args.methods[0], 0, args)
     print(
         f"bench_quality: {len(args.prompts)} prompts x {len(args.seeds)} seeds x {len(args.methods)} methods "
-        f"= {n_runs} runs of {steps} steps at {make_config(args.prompts[0], args.methods[0], 0, args).render_size} px, "
+        f"= {n_runs} runs of {steps} steps at {probe.render_size} px, "
         f"IoU on {args.eval_res}^3 every {args.eval_every} steps, "
         f"{_WORKER['prior']!r}, {args.jobs} parallel run(s) x {args.threads} torch thread(s)",
         flush=True,
@@ -821,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval_every": args.eval_every,
             "thresholds": args.thresholds,
             "model": args.model or "demo",
-            "config": make_config(args.prompts[0], args.methods[0], 0, args).to_dict(),
+            "config": probe.to_dict(),
             "quick": args.quick,
         },
         "machine": {
