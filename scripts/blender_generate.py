@@ -338,6 +338,7 @@ def main(argv: list[str]) -> int:
     backends: list[Any] = []  # the backend process this script starts, if any
     failed = True
     show_log = True  # on failure, quote the started backend's log (not for a request it refused)
+    kept_log: Path | None = None  # where the started backend's log was copied, once copied
     written: list[tuple[str, Path]] = []
     try:
         url = ensure_backend(args.url, args.token, args.backend_python, work, backends)
@@ -373,9 +374,9 @@ def main(argv: list[str]) -> int:
     except BackendError as exc:
         message = str(exc)
         show_log = not (exc.status is not None and 400 <= exc.status < 500)
-        kept = keep_backend_log(backends[0], out) if backends else None
-        if kept is not None:  # the temporary folder named in the message is about to go
-            message = message.replace(str(backends[0].log_path), str(kept))
+        kept_log = keep_backend_log(backends[0], out) if backends else None
+        if kept_log is not None:  # the temporary folder named in the message is about to go
+            message = message.replace(str(backends[0].log_path), str(kept_log))
         print(f"[dreamsmith] error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
         print("[dreamsmith] interrupted; a running job was cancelled", file=sys.stderr)
@@ -388,7 +389,7 @@ def main(argv: list[str]) -> int:
         for proc in backends:
             if failed:
                 tail = proc.log_tail(20)
-                kept = keep_backend_log(proc, out)
+                kept = kept_log or keep_backend_log(proc, out)
                 if tail and show_log:
                     print(f"[dreamsmith] backend log (last lines):\n{tail}", file=sys.stderr)
                 if kept is not None:
