@@ -1,145 +1,217 @@
-"""Generation settings: one dataclass tree, its defaults, and the validation every entry point shares.
+"""Generation settings: one dataclass tree whose fields are the settings table (docs/design.md, "Settings").
 
-The CLI, the HTTP service and the add-on's requests all end up as a `GenerationConfig`; the ranges
-below are the single source of truth for what is accepted (the service's schema reads them too).
+Each field is declared once with `setting(default, help, range...)`; validation, the HTTP request schema
+(`backend.service.schemas`) and the CLI (`backend.cli`) are derived from these declarations. Fields marked
+`api=True` are what a client may send; the others are the engine's tuning knobs, validated the same way
+and reachable from the CLI and the benchmarks with `--set KEY=VALUE`.
+
+The method list comes from the engine's rule and schedule tables (`backend.engine.methods`), read lazily
+so that importing this module stays light.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backend.errors import InvalidConfig
+from backend.settings import nested_fields, setting, settings_of, validate_settings
 
-METHODS = ("tp-sds", "sds", "asd", "tp-asd")
 DEFAULT_METHOD = "tp-sds"
-# Methods are pairs (schedule, gradient rule); see DESIGN.md "Gradient rule".
-METHOD_PARTS: dict[str, tuple[str, str]] = {
-    "sds": ("uniform", "sds"),
-    "tp-sds": ("prioritized", "sds"),
-    "asd": ("uniform", "asd"),
-    "tp-asd": ("prioritized", "asd"),
-}
-# Classifier-free guidance scale per gradient rule: DreamFusion's 100 for SDS, ScaleDreamer's 7.5 for ASD.
-DEFAULT_GUIDANCE = {"sds": 100.0, "asd": 7.5}
-DEFAULT_T_MAX = 0.98  # for models that recommend none (DESIGN.md)
+DEFAULT_T_MAX = 0.98  # for models that recommend none (docs/design.md, "Timestep schedules")
 TEXTURE_MODES = ("vertex", "uv")
-BACKGROUNDS = ("learned", "random", "white")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_PROMPT_CHARS = 500
 
-# name -> (min, max), inclusive; shared with the HTTP schema.
-LIMITS: dict[str, tuple[float, float]] = {
-    "prompt_chars": (1, 500),
-    "negative_prompt_chars": (0, 500),
-    "steps": (1, 20000),
-    "seed": (0, 2**31 - 1),
-    "guidance_scale": (0.0, 1000.0),
-    "render_size": (16, 512),
-    "preview_every": (0, 100000),
-    "batch_size": (1, 16),
-    "camera.elevation_deg": (-89.0, 89.0),
-    "camera.azimuth_deg": (-360.0, 360.0),
-    "camera.distance": (0.5, 10.0),
-    "camera.fov_deg": (5.0, 120.0),
-    "camera.front_azimuth_deg": (-360.0, 360.0),
-    "export.mesh_resolution": (16, 512),
-    "export.texture_size": (64, 4096),
-    "export.target_faces": (100, 2_000_000),
-    "export.smoothing": (0.0, 4.0),
-}
+
+def method_names() -> tuple[str, ...]:
+    """Every method the engine offers (a timestep schedule paired with a gradient rule)."""
+    from backend.engine.methods import METHODS
+
+    return tuple(METHODS)
+
+
+def background_kinds() -> tuple[str, ...]:
+    from backend.engine.background import BACKGROUNDS
+
+    return tuple(BACKGROUNDS)
 
 
 @dataclass
 class CameraConfig:
     """Ranges the training cameras are drawn from. Z is up; azimuth 0 looks from -Y (Blender's front)."""
 
-    elevation_deg: tuple[float, float] = (-10.0, 45.0)
-    azimuth_deg: tuple[float, float] = (-180.0, 180.0)
-    distance: tuple[float, float] = (1.8, 2.2)
-    fov_deg: tuple[float, float] = (40.0, 50.0)
-    # Azimuth of the object's front; view-dependent prompts are chosen relative to it.
-    front_azimuth_deg: float = 0.0
+    elevation_deg: tuple[float, float] = setting(
+        (-10.0, 45.0), "[min, max] camera elevation in degrees", lo=-89.0, hi=89.0, ordered=True, api=True
+    )
+    azimuth_deg: tuple[float, float] = setting(
+        (-180.0, 180.0),
+        "[min, max] azimuth relative to the front, degrees",
+        lo=-360.0,
+        hi=360.0,
+        ordered=True,
+        api=True,
+    )
+    distance: tuple[float, float] = setting(
+        (1.8, 2.2), "[min, max] camera distance from the origin", lo=0.5, hi=10.0, ordered=True, api=True
+    )
+    fov_deg: tuple[float, float] = setting(
+        (40.0, 50.0), "[min, max] vertical field of view in degrees", lo=5.0, hi=120.0, ordered=True, api=True
+    )
+    # View-dependent prompts are chosen relative to this azimuth.
+    front_azimuth_deg: float = setting(
+        0.0, "azimuth of the object's front (0 = -Y)", lo=-360.0, hi=360.0, api=True
+    )
 
 
 @dataclass
 class ExportConfig:
-    mesh_resolution: int = 128
-    texture: str = "vertex"
-    texture_size: int = 1024
-    target_faces: int = 50000
-    # Gaussian smoothing of the density grid before marching cubes, sigma in grid cells (0: none). One
-    # cell takes the pitting out of score-distilled surfaces and leaves the shape (its IoU) as it was.
-    smoothing: float = 1.0
-    # Density level for marching cubes; None picks it automatically from the grid.
-    threshold: float | None = None
+    mesh_resolution: int = setting(128, "marching-cubes grid size per axis", lo=16, hi=512, api=True, cli=True)
+    texture: str = setting(
+        "vertex",
+        "per-vertex colours or a UV-unwrapped texture image",
+        choices=TEXTURE_MODES,
+        api=True,
+        cli=True,
+        cli_help="vertex: colours per vertex (fast, default); uv: unwrap and bake a texture image",
+    )
+    texture_size: int = setting(1024, "texture image size (uv)", lo=64, hi=4096, api=True, cli=True)
+    target_faces: int = setting(
+        50000, "decimate to about this many faces", lo=100, hi=2_000_000, api=True, cli=True
+    )
+    # One cell takes the pitting out of score-distilled surfaces and leaves the shape (its IoU) as it was.
+    smoothing: float = setting(
+        1.0,
+        "smooth the density before marching cubes (grid cells; 0: off)",
+        lo=0.0,
+        hi=4.0,
+        api=True,
+        cli=True,
+    )
+    threshold: float | None = setting(
+        None,
+        "density level of the surface; omitted: chosen automatically from the field",
+        lo=-1e6,
+        hi=1e6,
+        cli=True,
+    )
+
+    def validate(self) -> ExportConfig:
+        validate_settings(self, "export.")
+        return self
 
 
 @dataclass
 class GenerationConfig:
-    prompt: str
-    negative_prompt: str = ""
-    method: str = DEFAULT_METHOD
+    prompt: str = setting(
+        help='what to make, e.g. "a red cube"', min_chars=1, max_chars=MAX_PROMPT_CHARS, api=True
+    )
+    negative_prompt: str = setting(
+        "", "what to steer away from (default: none)", max_chars=MAX_PROMPT_CHARS, api=True, cli=True
+    )
+    method: str = setting(
+        DEFAULT_METHOD,
+        "score distillation method: a timestep schedule with a gradient rule (GET /v1/health lists them)",
+        choices=method_names,
+        api=True,
+        cli=True,
+    )
     # Defaults are tuned for the built-in demo prior (32 px) on a CPU; Stable Diffusion wants render_size 64
     # and a few thousand steps.
-    steps: int = 250
-    seed: int = 0
-    # None or 0 -> the method's default (DEFAULT_GUIDANCE).
-    guidance_scale: float | None = None
-    # Local diffusers folder or hub id; None -> the built-in demo prior.
-    model: str | None = None
-    render_size: int = 32
-    batch_size: int = 1
-    preview_every: int = 50
-    device: str = "auto"
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    steps: int = setting(250, "optimization steps", lo=1, hi=20000, api=True, cli=True)
+    seed: int = setting(
+        0, "random seed; the same seed gives the same result on CPU", lo=0, hi=2**31 - 1, api=True, cli=True
+    )
+    guidance_scale: float | None = setting(
+        None,
+        "classifier-free guidance scale; null or 0 = the method's default",
+        lo=0.0,
+        hi=1000.0,
+        api=True,
+        cli=True,
+    )
+    model: str | None = setting(
+        None,
+        "local diffusers folder or hub id; null = the built-in demo prior",
+        min_chars=1,
+        max_chars=1024,
+        api=True,
+        cli=True,
+    )
+    render_size: int = setting(
+        32,
+        "side of the rendered training images in pixels",
+        lo=16,
+        hi=512,
+        api=True,
+        cli=True,
+    )
+    batch_size: int = setting(1, "images rendered per step", lo=1, hi=16)
+    preview_every: int = setting(
+        50, "steps between previews; 0 = none", lo=0, hi=100000, api=True, cli=True
+    )
+    device: str = setting("auto", "where to run: cuda when available, else cpu", choices=DEVICES, cli=True)
+    checkpoint_every: int = setting(
+        0, "also write a resumable field.pt every N steps (0: only at the end)", lo=0, hi=100000, cli=True
+    )
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
-    # Timesteps, as fractions of the model's T (DESIGN.md: t_min = 0.02 T, t_max = 0.98 T). t_max None: the
-    # model's own recommendation (`dreamsmith.json` beside its model_index.json; the demo prior's is 0.6),
-    # else 0.98.
-    t_min: float = 0.02
-    t_max: float | None = None
-    # Uniform schedule window annealing (ScaleDreamer slides [500, 980] to [20, 500]); None = fixed.
-    anneal_window: tuple[float, float, float, float] | None = None
+    # Timesteps, as fractions of the model's T (t_min = 0.02 T, t_max = 0.98 T). t_max None: the model's own
+    # recommendation (`dreamsmith.json` beside its model_index.json; the demo prior's is 0.6), else 0.98.
+    t_min: float = setting(0.02, "smallest timestep, as a fraction of the model's T", lo=0.0, hi=1.0)
+    t_max: float | None = setting(
+        None, "largest timestep as a fraction of T; omitted: the model's recommendation, else 0.98", lo=0.0, hi=1.0
+    )
+    # Uniform schedule window annealing (ScaleDreamer slides [500, 980] to [20, 500]); None = the rule's own.
+    anneal_window: tuple[float, float, float, float] | None = setting(
+        None, "uniform window [lo, hi] at the start and at the end, fractions of T", lo=0.0, hi=1.0
+    )
     # DreamTime prior weight W_p parameters (in timesteps) and whether W_d multiplies it.
-    tp_m1: float = 800.0
-    tp_m2: float = 500.0
-    tp_s1: float = 300.0
-    tp_s2: float = 100.0
-    tp_use_wd: bool = True
-    # ASD: dt ~ U[0, eta (t - t_min)].
-    asd_eta: float = 0.1
-    grad_clip: float | None = None
+    tp_m1: float = setting(800.0, "DreamTime W_p: upper end of the flat top (timesteps)", lo=0.0, hi=1e4)
+    tp_m2: float = setting(500.0, "DreamTime W_p: lower end of the flat top (timesteps)", lo=0.0, hi=1e4)
+    tp_s1: float = setting(300.0, "DreamTime W_p: width of the upper shoulder", lo=1e-3, hi=1e4)
+    tp_s2: float = setting(100.0, "DreamTime W_p: width of the lower shoulder", lo=1e-3, hi=1e4)
+    tp_use_wd: bool = setting(True, "DreamTime: multiply W_p by the diffusion weight W_d")
+    asd_eta: float = setting(0.1, "ASD: dt ~ U[0, eta (t - t_min)]", lo=0.0, hi=1.0)
+    grad_clip: float | None = setting(None, "clip each gradient entry to [-c, c]", lo=1e-6, hi=1e6)
 
     # Adam learning rates per part of the field.
-    lr_grid: float = 1e-2
-    lr_mlp: float = 1e-3
-    lr_background: float = 1e-3
+    lr_grid: float = setting(1e-2, "learning rate of the hash grid", lo=0.0, hi=1.0)
+    lr_mlp: float = setting(1e-3, "learning rate of the MLP heads", lo=0.0, hi=1.0)
+    lr_background: float = setting(1e-3, "learning rate of the learned background", lo=0.0, hi=1.0)
     # Regularizer weights.
-    lambda_orientation: float = 1e-2
-    lambda_sparsity: float = 1e-3
+    lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
+    lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)
     # Shading mix (albedo, lambertian, textureless) once warm-up is over, as in DreamFusion.
-    shading_warmup_steps: int = 100
-    shading_probs: tuple[float, float, float] = (0.5, 0.3, 0.2)
+    shading_warmup_steps: int = setting(100, "steps rendered in albedo shading only", lo=0, hi=100000)
+    shading_probs: tuple[float, float, float] = setting(
+        (0.5, 0.3, 0.2), "probabilities of albedo, lambertian and textureless shading", lo=0.0, hi=1.0
+    )
     # The demo prior was trained on white backgrounds; "learned" (DreamFusion) suits Stable Diffusion too.
-    background: str = "white"
-    samples_per_ray: int = 32
+    background: str = setting("white", "what rays that miss the object see", choices=background_kinds)
+    samples_per_ray: int = setting(32, "samples per ray of the dense (CPU) renderer", lo=4, hi=1024)
 
     @property
     def schedule_kind(self) -> str:
-        return METHOD_PARTS[self.method][0]
+        from backend.engine.methods import METHODS
+
+        return METHODS[self.method].schedule.name
 
     @property
     def gradient_rule(self) -> str:
-        return METHOD_PARTS[self.method][1]
+        from backend.engine.methods import METHODS
+
+        return METHODS[self.method].rule.name
 
     @property
     def effective_guidance_scale(self) -> float:
         if self.guidance_scale:
             return float(self.guidance_scale)
-        return DEFAULT_GUIDANCE[self.gradient_rule]
+        from backend.engine.methods import METHODS
+
+        return METHODS[self.method].rule.default_guidance_scale
 
     def validate(self) -> GenerationConfig:
         """Raise InvalidConfig naming the first bad field; return self so calls chain."""
@@ -150,73 +222,21 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
 
-def _check_range(name: str, value: Any, kind: type) -> None:
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidConfig(name, f"must be an integer, got {value!r}")
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise InvalidConfig(name, f"must be a number, got {value!r}")
-    if kind is float and not math.isfinite(value):
-        raise InvalidConfig(name, f"must be a finite number, got {value!r}")
-    lo, hi = LIMITS[name]
-    if not lo <= value <= hi:
-        raise InvalidConfig(name, f"must be between {lo:g} and {hi:g}, got {value!r}")
-
-
-def _check_pair(name: str, value: Any) -> None:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise InvalidConfig(name, f"must be a [min, max] pair, got {value!r}")
-    for v in value:
-        _check_range(name, v, float)
-    if value[0] > value[1]:
-        raise InvalidConfig(name, f"min must not exceed max, got {list(value)}")
-
-
 def validate_config(cfg: GenerationConfig) -> None:
-    if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
+    validate_settings(cfg)
+    if not cfg.prompt.strip():
         raise InvalidConfig("prompt", 'must be a non-empty text, e.g. "a red cube"')
-    if len(cfg.prompt) > LIMITS["prompt_chars"][1]:
-        raise InvalidConfig("prompt", f"must be at most {LIMITS['prompt_chars'][1]:g} characters")
-    if not isinstance(cfg.negative_prompt, str):
-        raise InvalidConfig("negative_prompt", "must be a text")
-    if len(cfg.negative_prompt) > LIMITS["negative_prompt_chars"][1]:
-        raise InvalidConfig("negative_prompt", "must be at most 500 characters")
-    if cfg.method not in METHODS:
-        raise InvalidConfig("method", f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    _check_range("steps", cfg.steps, int)
-    _check_range("seed", cfg.seed, int)
-    if cfg.guidance_scale is not None:
-        _check_range("guidance_scale", cfg.guidance_scale, float)
-    if cfg.model is not None and (not isinstance(cfg.model, str) or not cfg.model.strip()):
+    if cfg.model is not None and not cfg.model.strip():
         raise InvalidConfig("model", "must be a local folder or a hub id (omit it for the demo prior)")
-    _check_range("render_size", cfg.render_size, int)
-    _check_range("batch_size", cfg.batch_size, int)
-    _check_range("preview_every", cfg.preview_every, int)
-    if cfg.device not in DEVICES:
-        raise InvalidConfig("device", f"must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
-    if cfg.background not in BACKGROUNDS:
-        raise InvalidConfig("background", f"must be one of {', '.join(BACKGROUNDS)}")
-    cam = cfg.camera
-    for name in ("elevation_deg", "azimuth_deg", "distance", "fov_deg"):
-        _check_pair(f"camera.{name}", getattr(cam, name))
-    _check_range("camera.front_azimuth_deg", cam.front_azimuth_deg, float)
-    exp = cfg.export
-    _check_range("export.mesh_resolution", exp.mesh_resolution, int)
-    if exp.texture not in TEXTURE_MODES:
-        raise InvalidConfig("export.texture", f'must be "vertex" or "uv", got {exp.texture!r}')
-    _check_range("export.texture_size", exp.texture_size, int)
-    _check_range("export.target_faces", exp.target_faces, int)
-    _check_range("export.smoothing", exp.smoothing, float)
-    if exp.threshold is not None and (
-        isinstance(exp.threshold, bool)
-        or not isinstance(exp.threshold, (int, float))
-        or not math.isfinite(exp.threshold)
-    ):
-        raise InvalidConfig("export.threshold", "must be a number or omitted for automatic")
     t_max = 1.0 if cfg.t_max is None else cfg.t_max
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (cfg.t_min, t_max)) or not (
-        0.0 <= cfg.t_min < t_max <= 1.0
-    ):
+    if not cfg.t_min < t_max:
         raise InvalidConfig("t_min", "need 0 <= t_min < t_max <= 1 (fractions of the model's T)")
+    if not sum(cfg.shading_probs) > 0:
+        raise InvalidConfig("shading_probs", "must not all be 0")
+
+
+def _from_plain(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def config_from_dict(data: dict[str, Any]) -> GenerationConfig:
@@ -225,7 +245,7 @@ def config_from_dict(data: dict[str, Any]) -> GenerationConfig:
         raise InvalidConfig("request", "must be a JSON object")
     data = dict(data)
     nested: dict[str, Any] = {}
-    for key, cls in (("camera", CameraConfig), ("export", ExportConfig)):
+    for key, cls in nested_fields(GenerationConfig).items():
         sub = data.pop(key, None)
         if sub is None:
             nested[key] = cls()
@@ -236,13 +256,27 @@ def config_from_dict(data: dict[str, Any]) -> GenerationConfig:
         for k in sub:
             if k not in names:
                 raise InvalidConfig(f"{key}.{k}", "unknown field")
-        sub = {k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
-        nested[key] = cls(**sub)
+        nested[key] = cls(**{k: _from_plain(v) for k, v in sub.items()})
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
     for k in data:
         if k not in names:
             raise InvalidConfig(k, "unknown field")
     if "prompt" not in data:
         raise InvalidConfig("prompt", "is required")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    data = {k: _from_plain(v) for k, v in data.items()}
     return GenerationConfig(**data, **nested).validate()
+
+
+def with_overrides(cfg: GenerationConfig, overrides: dict[str, Any]) -> GenerationConfig:
+    """A copy of `cfg` with dotted settings replaced ({"export.smoothing": 0, "lr_grid": 0.02}), validated."""
+    data = cfg.to_dict()
+    known = {s.key for s in settings_of(GenerationConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise InvalidConfig(key, "unknown setting")
+        head, _, tail = key.partition(".")
+        if tail:
+            data[head][tail] = value
+        else:
+            data[key] = value
+    return config_from_dict(data)

@@ -1,25 +1,42 @@
-"""What rays that leave the field see: a learned colour per view direction, a random solid colour, or white.
+"""What rays that leave the geometry see: a learned colour per view direction, a random solid colour, or white.
 
 DreamFusion renders against an MLP of the ray direction; a random solid colour per image (threestudio's
-"random_aug") keeps the field from baking the background into the object. Both are composited by the
-renderer as rgb = sum_i w_i c_i + (1 - opacity) bg.
+"random_aug") keeps the field from baking the background into the object; the demo prior was trained on
+white. The renderer composites rgb = sum_i w_i c_i + (1 - opacity) bg.
+
+Interface: `background(rays_d [B, H, W, 3], generator) -> colours [B, H, W, 3]` in [0, 1], and
+`param_groups(cfg)` for the optimizer (empty for the fixed kinds).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from backend.config import BACKGROUNDS, GenerationConfig
+if TYPE_CHECKING:
+    from backend.config import GenerationConfig
 
 
-class LearnedBackground(nn.Module):
+class Background(nn.Module):
+    kind = ""
+
+    def forward(self, rays_d: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def param_groups(self, cfg: GenerationConfig) -> list[dict[str, Any]]:
+        return []
+
+
+class LearnedBackground(Background):
     """View direction [..., 3] -> RGB [..., 3] in [0, 1]: a low-frequency encoding and a tiny MLP.
 
     The encoding stops at a few frequencies on purpose: a sharper background could paint the object.
     """
+
+    kind = "learned"
 
     def __init__(self, n_frequencies: int = 2, hidden_dim: int = 16) -> None:
         super().__init__()
@@ -32,35 +49,40 @@ class LearnedBackground(nn.Module):
         scaled = (dirs.unsqueeze(-1) * self.freqs).flatten(-2)  # [..., 3 n_frequencies]
         return torch.cat([dirs, torch.sin(scaled), torch.cos(scaled)], -1)
 
-    def forward(self, dirs: Tensor) -> Tensor:
+    def forward(self, rays_d: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Unit view directions [..., 3] -> colour [..., 3] in [0, 1]."""
-        return torch.sigmoid(self.mlp(self.encode(dirs)))
+        return torch.sigmoid(self.mlp(self.encode(rays_d)))
 
-    def param_groups(self, cfg: GenerationConfig) -> list[dict]:
+    def param_groups(self, cfg: GenerationConfig) -> list[dict[str, Any]]:
         return [{"name": "background", "params": list(self.parameters()), "lr": cfg.lr_background}]
 
 
-def background_color(
-    kind: str,
-    background_module: LearnedBackground | None,
-    rays_d: Tensor,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Background for a batch of rays [B, H, W, 3] -> colours [B, H, W, 3] in [0, 1].
+class RandomBackground(Background):
+    """One solid colour per image, drawn from the generator."""
 
-    kind: "learned" (background_module(rays_d)), "random" (one solid colour per image, drawn from
-    `generator`) or "white".
-    """
-    if kind == "learned":
-        if background_module is None:
-            raise ValueError('background "learned" needs a LearnedBackground module')
-        return background_module(rays_d)
-    if kind == "random":
+    kind = "random"
+
+    def forward(self, rays_d: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if generator is None:
             raise ValueError('background "random" needs a torch.Generator')
         shape = (rays_d.shape[0],) + (1,) * (rays_d.dim() - 2) + (3,)
         color = torch.rand(shape, generator=generator, device=generator.device)
         return color.to(device=rays_d.device, dtype=rays_d.dtype).expand(rays_d.shape).contiguous()
-    if kind == "white":
+
+
+class WhiteBackground(Background):
+    kind = "white"
+
+    def forward(self, rays_d: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.ones_like(rays_d)
-    raise ValueError(f"unknown background {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
+
+
+BACKGROUNDS: dict[str, type[Background]] = {
+    cls.kind: cls for cls in (LearnedBackground, RandomBackground, WhiteBackground)
+}
+
+
+def make_background(kind: str) -> Background:
+    if kind not in BACKGROUNDS:
+        raise ValueError(f"unknown background {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
+    return BACKGROUNDS[kind]()

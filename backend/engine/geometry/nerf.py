@@ -1,4 +1,4 @@
-"""The radiance field being optimized: hash-grid encoding + small MLPs for density and albedo.
+"""A NeRF-style geometry: hash-grid encoding + small MLPs for density and albedo.
 
 Density follows Magic3D / threestudio: sigma = softplus(raw + blob), where the "blob" bias
 blob_density * (1 - |x| / blob_radius) starts the optimization from a soft ball at the origin
@@ -7,19 +7,24 @@ blob_density * (1 - |x| / blob_radius) starts the optimization from a soft ball 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backend.config import GenerationConfig
-from backend.engine.hashgrid import HashGridConfig, make_hash_grid
+from backend.engine.geometry.base import Geometry
+from backend.engine.geometry.hashgrid import HashGridConfig, make_hash_grid
+
+if TYPE_CHECKING:
+    from backend.config import GenerationConfig
 
 
 @dataclass
 class FieldConfig:
-    # Hash grid (DESIGN.md: 16 levels x 2 features, 2^19 entries, resolutions 16 .. 2048).
+    # Hash grid (16 levels x 2 features, 2^19 entries, resolutions 16 .. 2048: Instant-NGP's NeRF grid).
     n_levels: int = 16
     n_features_per_level: int = 2
     log2_hashmap_size: int = 19
@@ -66,11 +71,13 @@ def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-class RadianceField(nn.Module):
+class RadianceField(Geometry):
     """sigma(x) and albedo(x) for world points x [N, 3] in [-bound, bound]^3.
 
     Parameters are created from torch's global RNG: call torch.manual_seed(seed) before building one.
     """
+
+    kind = "nerf"
 
     def __init__(self, cfg: FieldConfig | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__()
@@ -81,6 +88,10 @@ class RadianceField(nn.Module):
         n_enc = self.encoding.n_output_dims
         self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
         self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.encoding.n_output_dims)
 
     def _encode(self, x: Tensor) -> Tensor:
         """World points [N, 3] -> hash features [N, L * F] (positions mapped to [0, 1]^3)."""
@@ -147,7 +158,14 @@ class RadianceField(nn.Module):
         grad = (sigma[:3] - sigma[3:]).t() / (2.0 * eps)  # [N, 3]
         return -F.normalize(grad, dim=-1, eps=1e-6)
 
-    def param_groups(self, cfg: GenerationConfig) -> list[dict]:
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self.cfg)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "cpu") -> RadianceField:
+        return cls(FieldConfig(**{k: v for k, v in spec.items() if k != "kind"}), device=device)
+
+    def param_groups(self, cfg: GenerationConfig) -> list[dict[str, Any]]:
         """Adam groups: the hash table at cfg.lr_grid, the MLP heads at cfg.lr_mlp."""
         mlps = list(self.density_mlp.parameters()) + list(self.albedo_mlp.parameters())
         return [

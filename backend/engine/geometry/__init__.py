@@ -1,0 +1,36 @@
+"""Geometries, found by kind, and the geometry a generation starts from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from backend.engine.geometry.base import Geometry
+from backend.engine.geometry.nerf import FieldConfig, RadianceField
+
+if TYPE_CHECKING:
+    from backend.config import GenerationConfig
+
+GEOMETRIES: dict[str, type[Geometry]] = {RadianceField.kind: RadianceField}
+
+
+def field_config_for(device: torch.device) -> FieldConfig:
+    """Instant-NGP's full hash grid on CUDA; a lighter grid on CPU, where its 12M parameters dominate a step."""
+    return FieldConfig() if device.type == "cuda" else FieldConfig.small()
+
+
+def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
+    """The untrained geometry of a generation (parameters drawn from torch's global RNG)."""
+    return RadianceField(field_config_for(device), device=device)
+
+
+def build_geometry(spec: dict[str, Any], device: torch.device | str = "cpu") -> Geometry:
+    """An untrained geometry from `Geometry.spec()` data (load its state_dict next)."""
+    kind = spec.get("kind")
+    if kind not in GEOMETRIES:
+        raise ValueError(f"unknown geometry kind {kind!r}; known: {', '.join(GEOMETRIES)}")
+    return GEOMETRIES[kind].from_spec(spec, device)
+
+
+__all__ = ["GEOMETRIES", "Geometry", "build_geometry", "make_geometry", "field_config_for"]

@@ -1,0 +1,51 @@
+"""Methods: every timestep schedule paired with every gradient rule, named and described for users.
+
+The method list that the CLI offers, the HTTP schema accepts, `/v1/health` reports and the add-on's menu
+shows is this table: a new rule (`backend/engine/rules/`) or schedule (`backend/engine/schedules/`) file
+adds its methods here without further edits. Names: the schedule's prefix + the rule's name ("tp-sds").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend.engine.rules import RULES, GradientRule
+from backend.engine.schedules import SCHEDULES, TimestepSchedule
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    schedule: type[TimestepSchedule]
+    rule: type[GradientRule]
+
+    @property
+    def title(self) -> str:
+        return self.schedule.title_prefix + self.rule.title
+
+    @property
+    def description(self) -> str:
+        return f"{self.rule.description}; {self.schedule.description}"
+
+    def info(self) -> dict[str, object]:
+        """Plain data for clients (GET /v1/health)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "schedule": self.schedule.name,
+            "rule": self.rule.name,
+            "guidance_scale": self.rule.default_guidance_scale,
+        }
+
+
+def _table() -> dict[str, Method]:
+    out: dict[str, Method] = {}
+    for rule in RULES.values():
+        for schedule in SCHEDULES.values():
+            name = schedule.method_prefix + rule.name
+            out[name] = Method(name, schedule, rule)
+    return out
+
+
+METHODS: dict[str, Method] = _table()
