@@ -1,17 +1,25 @@
-"""Command line: `python -m backend generate "PROMPT" ...` and `python -m backend serve ...`."""
+"""Command line: `python -m backend generate "PROMPT" ...`, `python -m backend export FIELD ...`, `serve`.
+
+The generation options are derived from the settings table (`backend.config`, fields declared with
+`cli=True`); every other setting can be given with `--set KEY=VALUE`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from backend import __version__
-from backend.config import DEFAULT_GUIDANCE, DEFAULT_METHOD, METHODS, TEXTURE_MODES, GenerationConfig
+from backend.config import DEFAULT_METHOD, GenerationConfig, config_from_dict, with_overrides
 from backend.errors import DreamsmithError, GenerationCancelled, ModelLoadError
+from backend.settings import Setting, settings_of
 
-_DEFAULTS = GenerationConfig(prompt="-")
+# What `generate --resume` may change: the rest of a resumed run must stay as it was recorded.
+RESUMABLE_CHANGES = ("steps", "preview_every", "device", "checkpoint_every")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,6 +33,51 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "result"
 
 
+def _method_help() -> str:
+    from backend.engine.methods import METHODS
+
+    lines = [f"{name}: {m.description} (guidance {m.rule.default_guidance_scale:g})" for name, m in METHODS.items()]
+    return f"score distillation method (default {DEFAULT_METHOD}). " + "; ".join(lines)
+
+
+def _add_setting(parser: argparse.ArgumentParser, s: Setting) -> None:
+    """One option for one setting; its default stays None so that only options given on the command line
+    override (the config's defaults, or a resumed run's settings, fill in the rest)."""
+    spec = s.spec
+    default = s.default
+    help_text = (spec.cli_help or spec.help).replace("%", "%%")
+    if s.key == "method":
+        help_text = _method_help()
+    elif default not in (None, ""):
+        help_text += f" (default {default})"
+    kw: dict[str, Any] = {"dest": s.key, "default": None, "help": help_text}
+    tp = s.base_type
+    if tp in (int, float):
+        kw["type"] = tp
+        kw["metavar"] = "N" if tp is int else "X"
+    elif tp is str:
+        allowed = spec.allowed()
+        if allowed is not None:
+            kw["choices"] = allowed
+    else:  # pragma: no cover - a declaration error, caught by the CLI tests
+        raise TypeError(f"setting {s.key} cannot be a CLI option")
+    parser.add_argument(s.flag, **kw)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["guidance_scale=20", "camera.fov_deg=[40,50]"] -> {name: value}; values are JSON, else text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise DreamsmithError(f"--set wants KEY=VALUE (a setting, e.g. lr_grid=0.02), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m backend", description="Dreamsmith text-to-3D backend.")
     parser.add_argument("--version", action="version", version=f"dreamsmith {__version__}")
@@ -32,83 +85,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser(
         "generate",
-        help="generate one asset from a prompt and write mesh.glb, mesh.npz and preview.png",
+        help="generate one asset from a prompt and write mesh.glb, mesh.npz, preview.png and field.pt",
         description="Optimize a radiance field from a text prompt by score distillation, then extract a "
-        "mesh with marching cubes. Coordinates are Z-up (as in Blender); the object's front faces -Y.",
+        "mesh with marching cubes. Coordinates are Z-up (as in Blender); the object's front faces -Y. "
+        "The optimized field is saved as field.pt (export it again with `export`, continue it with --resume).",
     )
-    gen.add_argument("prompt", help='what to make, e.g. "a red cube" (1-500 characters)')
-    gen.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
-    gen.add_argument(
-        "--method",
-        default=DEFAULT_METHOD,
-        choices=METHODS,
-        help="score distillation method: tp-sds (DreamTime time-prioritized SDS, default), sds (uniform "
-        "timesteps), asd (ScaleDreamer asynchronous timesteps), tp-asd (prioritized schedule + ASD)",
-    )
-    gen.add_argument(
-        "--steps", type=int, default=_DEFAULTS.steps, help="optimization steps (default %(default)s)"
-    )
-    gen.add_argument(
-        "--seed", type=int, default=0, help="random seed; the same seed on CPU gives the same mesh"
-    )
-    gen.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help=f"classifier-free guidance scale (default per method: SDS {DEFAULT_GUIDANCE['sds']:g}, "
-        f"ASD {DEFAULT_GUIDANCE['asd']:g})",
-    )
-    gen.add_argument(
-        "--model",
-        default=None,
-        help="diffusers model: a local folder or a hub id (default: the built-in demo prior)",
-    )
+    gen.add_argument("prompt", nargs="?", help='what to make, e.g. "a red cube" (1-500 characters)')
     gen.add_argument("--out", type=Path, default=None, help="output folder (default: out/<prompt>)")
+    cli_settings = [s for s in settings_of(GenerationConfig) if s.spec.cli]
+    for s in cli_settings:
+        _add_setting(gen, s)
     gen.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, e.g. --set lr_grid=0.02 --set camera.fov_deg=[40,50] (docs/design.md lists them)",
     )
     gen.add_argument(
-        "--render-size",
-        type=int,
-        default=_DEFAULTS.render_size,
-        help="side of the rendered training images in pixels (default %(default)s)",
-    )
-    gen.add_argument(
-        "--mesh-resolution",
-        type=int,
-        default=_DEFAULTS.export.mesh_resolution,
-        help="marching-cubes grid resolution per axis (default %(default)s)",
-    )
-    gen.add_argument(
-        "--texture",
-        default=_DEFAULTS.export.texture,
-        choices=TEXTURE_MODES,
-        help="vertex: colours per vertex (fast, default); uv: unwrap and bake a texture image",
-    )
-    gen.add_argument(
-        "--texture-size", type=int, default=_DEFAULTS.export.texture_size, help="texture side in pixels (uv)"
-    )
-    gen.add_argument(
-        "--target-faces",
-        type=int,
-        default=_DEFAULTS.export.target_faces,
-        help="decimate the mesh to about this many faces (default %(default)s)",
-    )
-    gen.add_argument(
-        "--smoothing",
-        type=float,
-        default=_DEFAULTS.export.smoothing,
-        help="smooth the density grid before marching cubes, sigma in grid cells; 0: off (default %(default)s)",
-    )
-    gen.add_argument(
-        "--threshold",
-        type=float,
+        "--resume",
+        type=Path,
         default=None,
-        help="density level for marching cubes (default: chosen automatically)",
+        metavar="FIELD",
+        help="continue the run saved in this field.pt (e.g. after Ctrl-C, or with more --steps)",
     )
     gen.add_argument(
-        "--preview-every", type=int, default=_DEFAULTS.preview_every, help="write a preview every N steps"
+        "--init-field",
+        type=Path,
+        default=None,
+        metavar="FIELD",
+        help="start from this field.pt's shape instead of the initial blob (a warm start)",
     )
+
+    exp = sub.add_parser(
+        "export",
+        help="export a saved field.pt again with other export settings",
+        description="Extract the mesh of a field saved by `generate` (its field.pt) with new export settings.",
+    )
+    exp.add_argument("field", type=Path, help="a field.pt, or the folder that holds one")
+    exp.add_argument("--out", type=Path, required=True, help="output folder")
+    for s in cli_settings:
+        if s.key.startswith("export."):
+            _add_setting(exp, s)
+    exp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
 
     serve = sub.add_parser(
         "serve",
@@ -130,46 +150,59 @@ def _fail(message: str) -> int:
     return 2
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from backend.config import CameraConfig, ExportConfig
+def _given(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """The settings given on the command line, as dotted keys."""
+    return {
+        s.key: getattr(args, s.key)
+        for s in settings_of(GenerationConfig)
+        if s.spec.cli and s.key.startswith(prefix) and getattr(args, s.key, None) is not None
+    }
 
+
+def _generation_config(args: argparse.Namespace) -> tuple[GenerationConfig, Any, Any]:
+    """The config of a `generate` call and the checkpoints it resumes from or starts from."""
+    from backend.engine.checkpoint import load_checkpoint
+
+    changes = _given(args) | parse_overrides(args.overrides)
+    if args.resume is not None and args.init_field is not None:
+        raise DreamsmithError("--resume continues a saved run; --init-field starts a new one: give only one")
+    if args.resume is not None:
+        resume = load_checkpoint(args.resume)
+        if not resume.resumable:
+            raise DreamsmithError(f"{args.resume} holds no optimizer state, so it cannot be resumed")
+        if args.prompt is not None and args.prompt != resume.config["prompt"]:
+            raise DreamsmithError(f"{args.resume} is a run of {resume.config['prompt']!r}, not of {args.prompt!r}")
+        fixed = [k for k in changes if k not in RESUMABLE_CHANGES and not k.startswith("export.")]
+        if fixed:
+            raise DreamsmithError(f"{fixed[0]} cannot change when resuming (only steps, previews and export)")
+        cfg = with_overrides(config_from_dict(resume.config), changes)
+        if cfg.steps <= resume.step:
+            raise DreamsmithError(f"the saved run has done {resume.step} steps already; pass --steps above that")
+        return cfg, resume, None
+    if args.prompt is None:
+        raise DreamsmithError('prompt: is required, e.g. generate "a red cube"')
+    init = load_checkpoint(args.init_field) if args.init_field is not None else None
+    return with_overrides(GenerationConfig(prompt=args.prompt), changes), None, init
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     try:
-        cfg = GenerationConfig(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            method=args.method,
-            steps=args.steps,
-            seed=args.seed,
-            guidance_scale=args.guidance_scale,
-            model=args.model,
-            render_size=args.render_size,
-            preview_every=args.preview_every,
-            device=args.device,
-            camera=CameraConfig(),
-            export=ExportConfig(
-                mesh_resolution=args.mesh_resolution,
-                texture=args.texture,
-                texture_size=args.texture_size,
-                target_faces=args.target_faces,
-                smoothing=args.smoothing,
-                threshold=args.threshold,
-            ),
-        ).validate()
+        cfg, resume, init = _generation_config(args)
     except DreamsmithError as exc:
         return _fail(str(exc))
-    # Heavy imports (torch, diffusers) only once the arguments are known to be good.
+    # Heavy imports (diffusers) only once the arguments are known to be good.
     from tqdm import tqdm
 
     from backend.engine.pipeline import Progress, generate
 
-    out = args.out or Path("out") / slug(cfg.prompt)
+    out = args.out or (args.resume.parent if args.resume is not None else Path("out") / slug(cfg.prompt))
     # The bar starts with the optimization, so errors while loading the model stay a single line.
-    bars: list = []
+    bars: list[Any] = []
 
     def on_progress(p: Progress) -> None:
         if p.phase == "optimizing":
             if not bars:
-                bars.append(tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, desc="optimizing"))
+                bars.append(tqdm(total=cfg.steps, initial=p.step - 1, unit="step", dynamic_ncols=True, desc="optimizing"))
             bars[0].set_postfix(t=p.t, loss=f"{p.loss:.4g}", refresh=False)
             bars[0].update(p.step - bars[0].n)
         elif p.phase in ("extracting mesh", "texturing"):
@@ -184,7 +217,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             bars[0].close()
 
     try:
-        result = generate(cfg, out, on_progress=on_progress)
+        result = generate(
+            cfg, out, on_progress=on_progress, resume=resume, init_field=init, checkpoint_on_stop=True
+        )
     except ModelLoadError as exc:
         close()
         return _fail(str(exc))
@@ -197,9 +232,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         close()
-        print("interrupted", file=sys.stderr)
+        field = out / "field.pt"
+        hint = f"; continue with: generate --resume {field}" if field.is_file() else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     close()
+    print(f"done in {result.seconds:.1f} s: {result.n_vertices} vertices, {result.n_faces} faces")
+    for name, path in sorted(result.files.items()):
+        print(f"  {name}: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from backend.config import ExportConfig
+    from backend.engine.checkpoint import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(args.field)
+        saved = config_from_dict(ckpt.config).export
+        changes = {k.split(".", 1)[1]: v for k, v in _given(args, "export.").items()}
+        export = ExportConfig(**{**saved.__dict__, **changes}).validate()
+    except DreamsmithError as exc:
+        return _fail(str(exc))
+    from backend.engine.pipeline import export_checkpoint
+
+    try:
+        result = export_checkpoint(ckpt, export, args.out, device=args.device)
+    except DreamsmithError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"done in {result.seconds:.1f} s: {result.n_vertices} vertices, {result.n_faces} faces")
     for name, path in sorted(result.files.items()):
         print(f"  {name}: {path}")
@@ -214,6 +275,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        return cmd_generate(args)
-    return cmd_serve(args)
+    commands = {"generate": cmd_generate, "export": cmd_export, "serve": cmd_serve}
+    return commands[args.command](args)

@@ -108,7 +108,7 @@ class GenerationConfig:
         help='what to make, e.g. "a red cube"', min_chars=1, max_chars=MAX_PROMPT_CHARS, api=True
     )
     negative_prompt: str = setting(
-        "", "what to steer away from (default: none)", max_chars=MAX_PROMPT_CHARS, api=True, cli=True
+        "", "what to steer away from", max_chars=MAX_PROMPT_CHARS, api=True, cli=True
     )
     method: str = setting(
         DEFAULT_METHOD,
@@ -125,7 +125,7 @@ class GenerationConfig:
     )
     guidance_scale: float | None = setting(
         None,
-        "classifier-free guidance scale; null or 0 = the method's default",
+        "classifier-free guidance scale; 0 or omitted: the method's default",
         lo=0.0,
         hi=1000.0,
         api=True,
@@ -133,7 +133,7 @@ class GenerationConfig:
     )
     model: str | None = setting(
         None,
-        "local diffusers folder or hub id; null = the built-in demo prior",
+        "diffusers model: a local folder or a hub id; omitted: the built-in demo prior",
         min_chars=1,
         max_chars=1024,
         api=True,
@@ -149,7 +149,7 @@ class GenerationConfig:
     )
     batch_size: int = setting(1, "images rendered per step", lo=1, hi=16)
     preview_every: int = setting(
-        50, "steps between previews; 0 = none", lo=0, hi=100000, api=True, cli=True
+        50, "steps between preview images; 0: none", lo=0, hi=100000, api=True, cli=True
     )
     device: str = setting("auto", "where to run: cuda when available, else cpu", choices=DEVICES, cli=True)
     checkpoint_every: int = setting(

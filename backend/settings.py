@@ -83,6 +83,10 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+    @property
     def optional(self) -> bool:
         return _is_optional(self.type)
 

@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from backend.config import GenerationConfig  # noqa: E402
-from backend.engine.pipeline import DistillationRun, StepTimer  # noqa: E402
+from backend.engine.optimize import DistillationRun, StepTimer  # noqa: E402
 from backend.engine.prior import Prior, load_prior, resolve_device  # noqa: E402
 from backend.engine.tiny_prior import make_tiny_prior, tiny_clip_tokenizer  # noqa: E402
 from backend.fileio import write_json_atomic  # noqa: E402

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from backend.config import DEFAULT_GUIDANCE, GenerationConfig, config_from_dict
+from backend.config import GenerationConfig, config_from_dict
 from backend.errors import InvalidConfig
 
 
 def test_defaults_are_valid_and_method_defaults_apply():
     cfg = GenerationConfig(prompt="a red cube").validate()
     assert cfg.method == "tp-sds"
-    assert cfg.effective_guidance_scale == DEFAULT_GUIDANCE["sds"] == 100.0
+    assert cfg.effective_guidance_scale == 100.0
     assert GenerationConfig(prompt="x", method="asd").effective_guidance_scale == 7.5
     assert GenerationConfig(prompt="x", method="tp-asd", guidance_scale=0).effective_guidance_scale == 7.5
     assert GenerationConfig(prompt="x", method="asd", guidance_scale=12.0).effective_guidance_scale == 12.0
@@ -42,7 +42,13 @@ def test_defaults_are_valid_and_method_defaults_apply():
         ({"prompt": "a", "export": {"smoothing": -1}}, "export.smoothing"),
         ({"prompt": "a", "export": {"smoothing": 5.0}}, "export.smoothing"),
         ({"prompt": "a", "t_max": 0.01}, "t_min"),
-        ({"prompt": "a", "t_max": "high"}, "t_min"),
+        ({"prompt": "a", "t_max": "high"}, "t_max"),
+        ({"prompt": "a", "lr_grid": -1}, "lr_grid"),
+        ({"prompt": "a", "samples_per_ray": 2}, "samples_per_ray"),
+        ({"prompt": "a", "shading_probs": [0, 0, 0]}, "shading_probs"),
+        ({"prompt": "a", "shading_probs": [0.5, 0.5]}, "shading_probs"),
+        ({"prompt": "a", "background": "pink"}, "background"),
+        ({"prompt": "a", "tp_use_wd": 1}, "tp_use_wd"),
         ({"prompt": "a", "colour": "red"}, "colour"),
         ({"prompt": "a", "model": ""}, "model"),
     ],

@@ -8,16 +8,17 @@ import pytest
 import torch
 
 from backend.config import CameraConfig, GenerationConfig
-from backend.engine.background import LearnedBackground, background_color
+from backend.engine.background import LearnedBackground, make_background
 from backend.engine.cameras import camera_rays, orbit_camera, sample_cameras
-from backend.engine.field import FieldConfig, RadianceField
-from backend.engine.renderer import (
+from backend.engine.geometry.nerf import FieldConfig, RadianceField
+from backend.engine.rendering import (
     DenseRenderer,
     make_renderer,
     nerfacc_available,
     sample_light,
     sample_shading,
 )
+from backend.engine.rendering.compositing import composite, render_weights
 
 TINY = FieldConfig(n_levels=8, log2_hashmap_size=14, base_resolution=16, finest_resolution=256, hidden_dim=32)
 WHITE = torch.ones(3)
@@ -155,18 +156,20 @@ def test_background_colors() -> None:
     rays_d = torch.nn.functional.normalize(
         torch.randn(2, 4, 4, 3, generator=torch.Generator().manual_seed(0)), dim=-1
     )
-    white = background_color("white", None, rays_d, None)
+    white = make_background("white")(rays_d)
     assert torch.equal(white, torch.ones(2, 4, 4, 3))
-    random = background_color("random", None, rays_d, torch.Generator().manual_seed(5))
+    random = make_background("random")(rays_d, torch.Generator().manual_seed(5))
     assert random.shape == (2, 4, 4, 3)
     assert torch.equal(random[0], random[0, :1, :1].expand(4, 4, 3))  # one solid colour per image
     assert not torch.equal(random[0, 0, 0], random[1, 0, 0])
-    assert torch.equal(random, background_color("random", None, rays_d, torch.Generator().manual_seed(5)))
+    assert torch.equal(random, make_background("random")(rays_d, torch.Generator().manual_seed(5)))
     torch.manual_seed(0)
-    learned = background_color("learned", LearnedBackground(), rays_d, None)
+    learned = make_background("learned")(rays_d)
     assert learned.shape == (2, 4, 4, 3) and ((learned > 0) & (learned < 1)).all()
+    assert make_background("learned").param_groups(GenerationConfig(prompt="x"))[0]["params"]
+    assert make_background("white").param_groups(GenerationConfig(prompt="x")) == []
     with pytest.raises(ValueError):
-        background_color("checkerboard", None, rays_d, None)
+        make_background("checkerboard")
 
 
 def test_light_is_unit_and_near_the_camera() -> None:
@@ -193,8 +196,7 @@ def test_fresh_field_renders_opaque_centre_over_background() -> None:
     field = make_field()
     rays_o, rays_d = front_rays(size=32)
     with torch.no_grad():
-        out = DenseRenderer(samples_per_ray=48).render(
-            field, None, rays_o, rays_d, "albedo", None, WHITE, None
+        out = DenseRenderer(samples_per_ray=48).render(field, rays_o, rays_d, "albedo", None, WHITE, None
         )
     assert out.rgb.shape == (1, 32, 32, 3) and out.opacity.shape == (1, 32, 32, 1)
     assert out.depth.shape == (1, 32, 32, 1) and out.normal.shape == (1, 32, 32, 3)
@@ -214,11 +216,9 @@ def test_textureless_shading_is_lit_from_the_light() -> None:
     rays_o, rays_d = front_rays(size=16)
     renderer = DenseRenderer(samples_per_ray=32)
     with torch.no_grad():
-        lit = renderer.render(
-            field, None, rays_o, rays_d, "textureless", torch.tensor([[0.0, -1.0, 0.0]]), WHITE * 0
+        lit = renderer.render(field, rays_o, rays_d, "textureless", torch.tensor([[0.0, -1.0, 0.0]]), WHITE * 0
         )
-        dark = renderer.render(
-            field, None, rays_o, rays_d, "textureless", torch.tensor([[0.0, 1.0, 0.0]]), WHITE * 0
+        dark = renderer.render(field, rays_o, rays_d, "textureless", torch.tensor([[0.0, 1.0, 0.0]]), WHITE * 0
         )
     # Light from the camera side brightens the centre; light from behind leaves only the ambient term.
     assert lit.rgb[0, 8, 8].mean() > 0.8
@@ -233,7 +233,7 @@ def test_rays_that_miss_the_box_show_the_background() -> None:
     c2w = orbit_camera(0.0, 0.0, 6.0)[None]
     rays_o, rays_d = camera_rays(c2w, torch.tensor([60.0]), 16)
     bg = torch.tensor([0.2, 0.4, 0.6])
-    out = DenseRenderer(samples_per_ray=16).render(field, None, rays_o, rays_d, "albedo", None, bg, None)
+    out = DenseRenderer(samples_per_ray=16).render(field, rays_o, rays_d, "albedo", None, bg, None)
     torch.testing.assert_close(out.rgb[0, 0, 0], bg)
     assert out.opacity[0, 0, 0] == 0 and out.opacity[0, 8, 8] > 0.8
 
@@ -244,7 +244,7 @@ def test_orientation_loss_and_gradients_reach_every_part() -> None:
     batch = sample_cameras(CameraConfig(), 2, 24, torch.Generator().manual_seed(0), "cpu")
     g = torch.Generator().manual_seed(1)
     out = DenseRenderer(samples_per_ray=32).render(
-        field, background, batch.rays_o, batch.rays_d, "lambertian", sample_light(batch, g), None, g
+        field, batch.rays_o, batch.rays_d, "lambertian", sample_light(batch, g), background(batch.rays_d), g
     )
     assert out.orientation_loss.dim() == 0 and torch.isfinite(out.orientation_loss)
     assert out.orientation_loss.requires_grad
@@ -258,7 +258,7 @@ def test_orientation_loss_and_gradients_reach_every_part() -> None:
 def test_orientation_loss_alone_moves_the_density() -> None:
     field = make_field()
     rays_o, rays_d = front_rays(size=16)
-    out = DenseRenderer(samples_per_ray=32).render(field, None, rays_o, rays_d, "albedo", None, WHITE, None)
+    out = DenseRenderer(samples_per_ray=32).render(field, rays_o, rays_d, "albedo", None, WHITE, None)
     out.orientation_loss.backward()
     assert field.encoding.table.grad.abs().sum() > 0
     assert sum(p.grad.abs().sum() for p in field.density_mlp.parameters()) > 0
@@ -273,7 +273,6 @@ def test_renders_are_deterministic_for_a_seed() -> None:
         with torch.no_grad():
             return renderer.render(
                 field,
-                None,
                 batch.rays_o,
                 batch.rays_d,
                 "lambertian",
@@ -292,22 +291,22 @@ def test_chunked_render_without_grad_matches_single_pass() -> None:
     rays_o, rays_d = front_rays(size=16)
     whole = DenseRenderer(samples_per_ray=16)
     chunked = DenseRenderer(samples_per_ray=16, chunk_rays=50)
-    out = whole.render(field, None, rays_o, rays_d, "lambertian", None, WHITE, None)
+    out = whole.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
     with torch.no_grad():
-        out_chunked = chunked.render(field, None, rays_o, rays_d, "lambertian", None, WHITE, None)
+        out_chunked = chunked.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
     torch.testing.assert_close(out_chunked.rgb, out.rgb.detach())
     torch.testing.assert_close(out_chunked.orientation_loss, out.orientation_loss.detach())
 
 
 def test_make_renderer_on_cpu_is_dense() -> None:
-    renderer = make_renderer(GenerationConfig(prompt="a cube", samples_per_ray=40), "cpu")
+    renderer = make_renderer(40, "cpu")
     assert isinstance(renderer, DenseRenderer) and renderer.samples_per_ray == 40
-    assert renderer.occupancy_resolution > 0  # empty-space skipping, as nerfacc on CUDA
+    assert renderer.grid is not None and renderer.grid.resolution > 0  # empty-space skipping, as nerfacc
     renderer.update(0)  # no field rendered yet: a no-op
-    assert renderer.occupancy is None
+    assert renderer.grid.cells is None
     field = make_field()
     renderer.update(0, field)
-    assert renderer.occupancy is not None and renderer.occupancy.shape == (renderer.occupancy_resolution,) * 3
+    assert renderer.grid.cells is not None and renderer.grid.cells.shape == (renderer.grid.resolution,) * 3
 
 
 # ---- GPU ------------------------------------------------------------------------------------------------
@@ -319,10 +318,10 @@ def test_dense_renderer_on_cuda_matches_cpu() -> None:
     rays_o, rays_d = front_rays(size=24)
     renderer = DenseRenderer(samples_per_ray=32)
     with torch.no_grad():
-        cpu = renderer.render(field, None, rays_o, rays_d, "lambertian", None, WHITE, None)
+        cpu = renderer.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
         field_cuda = field.to("cuda")
         cuda = renderer.render(
-            field_cuda, None, rays_o.cuda(), rays_d.cuda(), "lambertian", None, WHITE, None
+            field_cuda, rays_o.cuda(), rays_d.cuda(), "lambertian", None, WHITE, None
         )
     torch.testing.assert_close(cuda.rgb.cpu(), cpu.rgb, atol=1e-4, rtol=1e-4)
 
@@ -331,7 +330,7 @@ def test_dense_renderer_on_cuda_matches_cpu() -> None:
 def test_nerfacc_and_dense_renderers_agree() -> None:
     if not nerfacc_available():
         pytest.skip("nerfacc's CUDA kernels are not available")
-    from backend.engine.renderer import NerfaccRenderer
+    from backend.engine.rendering import NerfaccRenderer
 
     field = make_field(device="cuda")
     rays_o, rays_d = front_rays(size=32, device="cuda")
@@ -341,8 +340,8 @@ def test_nerfacc_and_dense_renderers_agree() -> None:
     light = torch.tensor([[0.3, -1.0, 0.4]], device="cuda")
     with torch.no_grad():
         for shading in ("albedo", "lambertian"):
-            a = dense.render(field, None, rays_o, rays_d, shading, light, WHITE, None)
-            b = packed.render(field, None, rays_o, rays_d, shading, light, WHITE, None)
+            a = dense.render(field, rays_o, rays_d, shading, light, WHITE, None)
+            b = packed.render(field, rays_o, rays_d, shading, light, WHITE, None)
             assert (a.rgb - b.rgb).abs().mean() < 0.01
             assert (a.rgb - b.rgb).abs().max() < 0.05
             assert (a.opacity - b.opacity).abs().max() < 0.05
@@ -354,23 +353,22 @@ def test_nerfacc_and_dense_renderers_agree() -> None:
 def test_nerfacc_renderer_trains() -> None:
     if not nerfacc_available():
         pytest.skip("nerfacc's CUDA kernels are not available")
-    from backend.engine.renderer import NerfaccRenderer
+    from backend.engine.rendering import NerfaccRenderer
 
     field = make_field(device="cuda")
     background = LearnedBackground().cuda()
-    renderer = make_renderer(GenerationConfig(prompt="a cube"), "cuda")
+    renderer = make_renderer(32, "cuda")
     assert isinstance(renderer, NerfaccRenderer)
     batch = sample_cameras(CameraConfig(), 2, 32, torch.Generator().manual_seed(0), "cuda")
     for step in range(3):
         renderer.update(step, field)
         out = renderer.render(
             field,
-            background,
             batch.rays_o,
             batch.rays_d,
             "lambertian",
             None,
-            None,
+            background(batch.rays_d),
             torch.Generator().manual_seed(step),
         )
         (out.rgb.mean() + out.orientation_loss).backward()
@@ -384,10 +382,9 @@ def test_an_empty_field_gets_no_occupancy_skipping() -> None:
     field.cfg = FieldConfig(**{**vars(TINY), "blob_density": -10.0, "blob_radius": 1e6})  # sigma ~5e-5
     renderer = DenseRenderer(samples_per_ray=32, occupancy_resolution=8)
     renderer.update(0, field)
-    assert renderer.occupancy is not None and renderer.occupancy.all()
+    assert renderer.grid is not None and renderer.grid.cells is not None and renderer.grid.cells.all()
     rays_o, rays_d = front_rays(size=8)
-    out = renderer.render(
-        field, None, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
+    out = renderer.render(field, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
     )
     out.opacity.sum().backward()
     assert field.encoding.table.grad is not None and field.encoding.table.grad.abs().sum() > 0
@@ -399,16 +396,48 @@ def test_occupancy_grid_skips_empty_space_without_changing_the_image() -> None:
     plain = DenseRenderer(samples_per_ray=32)
     skipping = DenseRenderer(samples_per_ray=32, occupancy_resolution=16)
     skipping.update(0, field)
-    assert skipping.occupancy is not None
-    assert skipping.occupancy[8, 8, 8] and not skipping.occupancy[0, 0, 0]
-    assert skipping.occupancy.float().mean() < 0.5
+    cells = skipping.grid.cells if skipping.grid is not None else None
+    assert cells is not None
+    assert cells[8, 8, 8] and not cells[0, 0, 0]
+    assert cells.float().mean() < 0.5
     with torch.no_grad():
-        a = plain.render(field, None, rays_o, rays_d, "lambertian", None, WHITE, None)
-        b = skipping.render(field, None, rays_o, rays_d, "lambertian", None, WHITE, None)
+        a = plain.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
+        b = skipping.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
     torch.testing.assert_close(b.rgb, a.rgb, atol=0.01, rtol=0)
     torch.testing.assert_close(b.opacity, a.opacity, atol=0.01, rtol=0)
-    out = skipping.render(
-        field, None, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
+    out = skipping.render(field, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
     )
     out.rgb.mean().backward()
     assert field.encoding.table.grad.abs().sum() > 0
+
+
+# ---- compositing ----------------------------------------------------------------------------------------
+
+
+def test_packed_and_padded_compositing_agree() -> None:
+    """The nerfacc path composites packed samples with the same function as the dense path's padded ones."""
+    g = torch.Generator().manual_seed(3)
+    r, s = 5, 7
+    tau = torch.rand(r, s, generator=g) * 0.8
+    colours, normals = torch.rand(r, s, 3, generator=g), torch.randn(r, s, 3, generator=g)
+    t_mid = torch.linspace(1.0, 2.0, s).expand(r, s)
+    dirs = torch.nn.functional.normalize(torch.randn(r, 3, generator=g), dim=-1)
+    padded_w = render_weights(tau)
+    padded = composite(padded_w, colours, normals, t_mid, dirs)
+    # Pack with some rays holding fewer samples (trailing samples dropped) and one ray empty.
+    keep = torch.ones(r, s, dtype=torch.bool)
+    keep[1, 4:] = False
+    keep[3] = False
+    ray_indices = torch.arange(r).unsqueeze(1).expand(r, s)[keep]
+    packed_w = render_weights(tau[keep], ray_indices)
+    torch.testing.assert_close(packed_w, padded_w[keep])  # a dropped tail changes no earlier weight
+    packed = composite(packed_w, colours[keep], normals[keep], t_mid[keep], dirs[ray_indices], ray_indices, r)
+    w = padded_w * keep
+    expected = composite(w, colours, normals, t_mid, dirs)
+    for name in ("rgb", "opacity", "depth", "normal", "orientation_sum"):
+        torch.testing.assert_close(getattr(packed, name), getattr(expected, name))
+    assert packed.opacity[3] == 0 and padded.opacity[3] > 0
+    # w_i = T_i (1 - exp(-tau_i)) by hand for one ray.
+    t0 = tau[2]
+    hand = torch.exp(-torch.cat([torch.zeros(1), t0.cumsum(0)[:-1]])) * (1 - torch.exp(-t0))
+    torch.testing.assert_close(padded_w[2], hand)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.engine.hashgrid import HashGridConfig, TorchHashGrid, make_hash_grid
+from backend.engine.geometry.hashgrid import HashGridConfig, TorchHashGrid, make_hash_grid
 
 # 4 levels, table 2^10: level 0 (4^3 = 64 vertices) is dense, levels 1-3 (11^3, 26^3, 64^3) are hashed.
 SMALL = HashGridConfig(
@@ -131,7 +131,7 @@ def test_torch_hash_grid_cuda_matches_cpu() -> None:
 @pytest.mark.parametrize("cfg", [SMALL, HashGridConfig()], ids=["small", "default"])
 def test_tcnn_and_torch_hash_grids_agree(cfg: HashGridConfig) -> None:
     pytest.importorskip("tinycudann")
-    from backend.engine.hashgrid import TcnnHashGrid
+    from backend.engine.geometry.hashgrid import TcnnHashGrid
 
     torch_grid = _grid_with_random_table(cfg, seed=4).cuda()
     tcnn_grid = TcnnHashGrid(cfg).cuda()

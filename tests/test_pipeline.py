@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import trimesh
 
-from backend.config import METHODS, ExportConfig, GenerationConfig
-from backend.engine.pipeline import Progress, generate
+from backend.config import ExportConfig, GenerationConfig
+from backend.engine.checkpoint import load_checkpoint, save_checkpoint
+from backend.engine.methods import METHODS
+from backend.engine.pipeline import Progress, export_checkpoint, generate
 from backend.engine.prior import PriorCache
-from backend.errors import GenerationCancelled
+from backend.errors import DreamsmithError, GenerationCancelled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +40,8 @@ def priors() -> PriorCache:
     return PriorCache()
 
 
-def check_outputs(out: Path) -> dict[str, np.ndarray]:
-    for name in ("mesh.glb", "mesh.npz", "preview.png"):
+def check_outputs(out: Path, with_field: bool = True) -> dict[str, np.ndarray]:
+    for name in ("mesh.glb", "mesh.npz", "preview.png") + (("field.pt",) if with_field else ()):
         assert (out / name).is_file(), name
     scene = trimesh.load(out / "mesh.glb")
     mesh = scene.to_geometry() if isinstance(scene, trimesh.Scene) else scene
@@ -55,7 +57,7 @@ def check_outputs(out: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", ["tiny_latent_prior", "tiny_pixel_prior"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_writes_a_mesh(kind, method, request, tmp_path, priors):
     model = request.getfixturevalue(kind)
     seen: list[Progress] = []
@@ -146,3 +148,103 @@ def test_cli_folder_that_is_not_a_model(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert str(tmp_path) in proc.stderr
+
+
+def read_arrays(folder: Path) -> dict[str, np.ndarray]:
+    with np.load(folder / "mesh.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_saved_field_exports_the_same_mesh_again(tiny_pixel_prior, tmp_path, priors):
+    cfg = small_config(tiny_pixel_prior, "tp-sds", steps=3)
+    generate(cfg, tmp_path / "run", priors=priors)
+    ckpt = load_checkpoint(tmp_path / "run" / "field.pt")
+    assert ckpt.step == 3 and ckpt.config["prompt"] == "a red cube" and ckpt.resumable
+    export_checkpoint(ckpt, cfg.export, tmp_path / "again")
+    check_outputs(tmp_path / "again", with_field=False)
+    assert_same_arrays(read_arrays(tmp_path / "run"), read_arrays(tmp_path / "again"))
+    # Other export settings, same field: a different mesh.
+    finer = ExportConfig(mesh_resolution=48, target_faces=2000, smoothing=0.0)
+    export_checkpoint(ckpt, finer, tmp_path / "finer")
+    assert len(read_arrays(tmp_path / "finer")["faces"]) != len(read_arrays(tmp_path / "run")["faces"])
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_latent_prior, tmp_path, priors):
+    whole = generate(small_config(tiny_latent_prior, "asd", steps=5), tmp_path / "whole", priors=priors)
+    seen: list[int] = []
+    with pytest.raises(GenerationCancelled):
+        generate(
+            small_config(tiny_latent_prior, "asd", steps=5),
+            tmp_path / "part",
+            should_stop=lambda: bool(seen) and seen[-1] >= 2,
+            on_progress=lambda p: seen.append(p.step) if p.phase == "optimizing" else None,
+            priors=priors,
+            checkpoint_on_stop=True,
+        )
+    ckpt = load_checkpoint(tmp_path / "part" / "field.pt")
+    assert ckpt.step == 2 and ckpt.resumable
+    resumed = generate(small_config(tiny_latent_prior, "asd", steps=5), tmp_path / "part", priors=priors, resume=ckpt)
+    assert_same_arrays(read_arrays(whole.files["mesh.npz"].parent), read_arrays(resumed.files["mesh.npz"].parent))
+
+
+def test_a_warm_start_begins_from_the_given_field(tiny_pixel_prior, tmp_path, priors):
+    generate(small_config(tiny_pixel_prior, "sds", steps=3), tmp_path / "a", priors=priors)
+    ckpt = load_checkpoint(tmp_path / "a")
+    cold = generate(small_config(tiny_pixel_prior, "sds", steps=1, seed=9), tmp_path / "cold", priors=priors)
+    warm = generate(
+        small_config(tiny_pixel_prior, "sds", steps=1, seed=9), tmp_path / "warm", priors=priors, init_field=ckpt
+    )
+    warm_ckpt = load_checkpoint(tmp_path / "warm")
+    # One step from the saved field stays close to it; the cold run started elsewhere.
+    drift = {k: (warm_ckpt.geometry_state[k] - ckpt.geometry_state[k]).abs().max() for k in ckpt.geometry_state}
+    assert max(float(v) for v in drift.values()) < 0.05
+    assert not np.array_equal(read_arrays(cold.files["mesh.npz"].parent)["vertices"], read_arrays(warm.files["mesh.npz"].parent)["vertices"])
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "field.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DreamsmithError, match="not a readable field checkpoint"):
+        load_checkpoint(tmp_path / "field.pt")
+    with pytest.raises(DreamsmithError, match="No field checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoints_are_written_atomically(tiny_pixel_prior, tmp_path, priors):
+    generate(small_config(tiny_pixel_prior, "sds", steps=2), tmp_path, priors=priors)
+    ckpt = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path / "copy.pt", ckpt)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert load_checkpoint(tmp_path / "copy.pt").geometry == ckpt.geometry
+
+
+def test_cli_export_resume_and_set(tiny_pixel_prior, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(
+        "generate", "a red cube", "--model", str(tiny_pixel_prior), "--steps", "2", "--render-size", "32",
+        "--mesh-resolution", "32", "--set", "samples_per_ray=16", "--set", "lr_grid=0.02", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ckpt = load_checkpoint(out / "field.pt")
+    assert ckpt.config["samples_per_ray"] == 16 and ckpt.config["lr_grid"] == 0.02
+    proc = run_cli("export", str(out / "field.pt"), "--out", str(tmp_path / "smooth"), "--smoothing", "2")
+    assert proc.returncode == 0, proc.stderr
+    check_outputs(tmp_path / "smooth", with_field=False)
+    proc = run_cli("generate", "--resume", str(out / "field.pt"), "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(out / "field.pt").step == 3
+    for args, words in (
+        (["generate", "--resume", str(out / "field.pt"), "--steps", "2"], "--steps above"),
+        (["generate", "--resume", str(out / "field.pt"), "--steps", "9", "--seed", "3"], "seed cannot change"),
+        (["generate", "a red cube", "--set", "lr_grid=-1"], "lr_grid"),
+        (["generate", "a red cube", "--set", "colour=red"], "colour: unknown setting"),
+        (["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")], "No field checkpoint"),
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

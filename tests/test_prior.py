@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.engine.guidance import score_distillation_loss, sds_gradient
+from backend.engine.rules import score_distillation_loss
+from backend.engine.rules.sds import SDS
 from backend.engine.prior import Prior, PriorCache, load_prior, resolve_device
 from backend.engine.tiny_prior import make_tiny_prior
 from backend.engine.views import VIEWS, view_prompt
@@ -93,7 +94,7 @@ def test_sds_through_the_vae_reaches_the_image(latent: Prior) -> None:
     rgb = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     x = latent.to_model_space(rgb)
     cond = emb.for_views(["front", "overhead"])
-    grad = sds_gradient(latent, x, 600, cond, emb.uncond, 100.0, torch.Generator().manual_seed(0))
+    grad = SDS(100.0).gradient(latent, x, 600, cond, emb.uncond, torch.Generator().manual_seed(0))
     score_distillation_loss(x, grad).backward()
     assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
 
@@ -191,7 +192,7 @@ def test_resolve_device() -> None:
 
 def test_a_model_folder_may_recommend_t_max(tiny_pixel_prior: Path, tmp_path: Path) -> None:
     from backend.config import DEFAULT_T_MAX, GenerationConfig
-    from backend.engine.pipeline import DistillationRun
+    from backend.engine.optimize import DistillationRun
 
     assert load_prior(str(tiny_pixel_prior), CPU).recommended == {}
     folder = tmp_path / "recommends"
@@ -201,7 +202,7 @@ def test_a_model_folder_may_recommend_t_max(tiny_pixel_prior: Path, tmp_path: Pa
     assert prior.recommended == {"t_max": 0.6}
     # A run that leaves t_max unset takes the model's; one that sets it keeps its own; others get 0.98.
     run = DistillationRun(GenerationConfig(prompt="a red cube", method="sds", steps=2), prior, CPU)
-    assert run.cfg.t_max == 0.6 and (run.schedule.t_min, run.schedule.t_max) == (20, 600)
+    assert run.cfg.t_max == 0.6 and (run.supervision.schedule.t_min, run.supervision.schedule.t_max) == (20, 600)
     run = DistillationRun(GenerationConfig(prompt="a red cube", method="sds", t_max=0.9), prior, CPU)
     assert run.cfg.t_max == 0.9
     run = DistillationRun(GenerationConfig(prompt="a red cube"), load_prior(str(tiny_pixel_prior), CPU), CPU)

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from backend.config import GenerationConfig
-from backend.engine.schedules import TimePrioritizedSchedule, UniformSchedule, make_schedule
+from backend.engine.methods import METHODS
+from backend.engine.schedules.prioritized import TimePrioritizedSchedule
+from backend.engine.schedules.uniform import UniformSchedule
+
+
+def make_schedule(cfg: GenerationConfig, abar: torch.Tensor):
+    return METHODS[cfg.method].make_schedule(cfg, abar)
 
 T = 1000
 

@@ -8,9 +8,15 @@ adds its methods here without further edits. Names: the schedule's prefix + the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import Tensor
 
 from backend.engine.rules import RULES, GradientRule
 from backend.engine.schedules import SCHEDULES, TimestepSchedule
+
+if TYPE_CHECKING:
+    from backend.config import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,13 @@ class Method:
 
     @property
     def description(self) -> str:
-        return f"{self.rule.description}; {self.schedule.description}"
+        return f"{self.rule.description}; {self.schedule.describe(self.rule)}"
+
+    def make_rule(self, cfg: GenerationConfig, t_min: int) -> GradientRule:
+        return self.rule.from_config(cfg, t_min)
+
+    def make_schedule(self, cfg: GenerationConfig, alphas_cumprod: Tensor) -> TimestepSchedule:
+        return self.schedule.from_config(cfg, alphas_cumprod, self.rule)
 
     def info(self) -> dict[str, object]:
         """Plain data for clients (GET /v1/health)."""
@@ -41,8 +53,8 @@ class Method:
 
 def _table() -> dict[str, Method]:
     out: dict[str, Method] = {}
-    for rule in RULES.values():
-        for schedule in SCHEDULES.values():
+    for rule in sorted(RULES.values(), key=lambda r: (r.order, r.name)):
+        for schedule in sorted(SCHEDULES.values(), key=lambda s: (s.order, s.name)):
             name = schedule.method_prefix + rule.name
             out[name] = Method(name, schedule, rule)
     return out

@@ -65,6 +65,7 @@ class RenderedBatch:
     cameras: CameraBatch
     shading: str
     light: Tensor  # [B, 3]
+    background: Tensor  # [B, H, W, 3] what the rays that miss the object show
     out: RenderOutput
 
 
@@ -95,8 +96,8 @@ class ScoreDistillation:
         self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt)
         method = METHODS[cfg.method]
         self.t_min, _ = timestep_bounds(cfg, prior.num_train_timesteps)
-        self.rule = method.rule.from_config(cfg, self.t_min)
-        self.schedule = method.schedule.from_config(cfg, prior.alphas_cumprod, method.rule)
+        self.rule = method.make_rule(cfg, self.t_min)
+        self.schedule = method.make_schedule(cfg, prior.alphas_cumprod)
 
     def timestep(self, step: int, total: int, generator: torch.Generator) -> int:
         return self.schedule(step, total, generator)
@@ -185,7 +186,7 @@ class DistillationRun:
         out = self.renderer.render(
             self.geometry, cams.rays_o, cams.rays_d, shading, light, bg, self.device_rng
         )
-        return RenderedBatch(cams, shading, light, out)
+        return RenderedBatch(cams, shading, light, bg, out)
 
     def preview_png(self, min_size: int = 128) -> bytes:
         """A front view in albedo shading at the training resolution, enlarged to `min_size` for display."""

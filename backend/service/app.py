@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backend import __version__
-from backend.config import DEFAULT_METHOD, METHODS, config_from_dict
+from backend.config import DEFAULT_METHOD, config_from_dict
 from backend.errors import InvalidConfig
 from backend.service.guard import RequestGuard
 from backend.service.jobs import GenerateFn, JobStore, Worker
@@ -122,11 +122,14 @@ def create_app(
     @app.get("/v1/health", response_model=Health, responses=_errors())
     async def health() -> dict[str, Any]:
         """Version, device, methods and models; also the cheapest way to check the backend is up."""
+        from backend.engine.methods import METHODS
+
         return {
             "status": "ok",
             "version": __version__,
             "device": device_name,
             "methods": list(METHODS),
+            "method_details": [m.info() for m in METHODS.values()],
             "default_method": DEFAULT_METHOD,
             "models": {"default": "demo", "loaded": list(worker.loaded_models)},
             "queue": store.queued(),

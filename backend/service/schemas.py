@@ -1,25 +1,20 @@
-"""Wire shapes of HTTP API v1 (DESIGN.md): the generation request, job status, health and errors.
+"""Wire shapes of HTTP API v1 (docs/design.md, "HTTP API"): the generation request, job status, health, errors.
 
-The request models carry the ranges of `backend.config.LIMITS`, so the OpenAPI schema a client reads is
-the same rule the engine enforces. Only the user-facing fields are accepted; the engine's tuning fields
-(learning rates, schedule constants, ...) are not part of the API.
+The request models are derived from the settings table (`backend.config`, fields declared with
+`setting(..., api=True)`): their names, types, defaults, ranges, choices and descriptions are the ones the
+engine validates, so the OpenAPI schema a client reads is the engine's own rule. The engine's tuning
+settings are not part of the API.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 
-from backend.config import (
-    DEFAULT_METHOD,
-    LIMITS,
-    METHODS,
-    TEXTURE_MODES,
-    CameraConfig,
-    ExportConfig,
-    GenerationConfig,
-)
+from backend.config import GenerationConfig
+from backend.settings import Setting, nested_fields, settings_of
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 # The only files a client can ask for; any other name is a 404, so no path ever comes from the URL.
@@ -30,11 +25,6 @@ ARTIFACT_MEDIA_TYPES = {
     "mesh.npz": "application/octet-stream",
     "texture.png": "image/png",
 }
-MAX_MODEL_CHARS = 1024
-
-_DEFAULTS = GenerationConfig(prompt="-")
-_CAMERA = CameraConfig()
-_EXPORT = ExportConfig()
 
 
 def _integral(value: object) -> object:
@@ -45,96 +35,67 @@ def _integral(value: object) -> object:
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
-def _int(name: str, default: int, description: str) -> object:
-    lo, hi = LIMITS[name]
-    return Field(default=default, ge=int(lo), le=int(hi), description=description)
-
-
-def _float(name: str, default: float | None, description: str) -> object:
-    lo, hi = LIMITS[name]
-    return Field(default=default, ge=lo, le=hi, allow_inf_nan=False, description=description)
-
-
-def _range(name: str) -> object:
-    """A [min, max] pair of finite numbers inside LIMITS[name] (min <= max is checked by the config)."""
-    lo, hi = LIMITS[name]
-    bounded = Annotated[float, Field(ge=lo, le=hi, allow_inf_nan=False)]
-    # A list, not a tuple: strict validation of the parsed JSON refuses a list where a tuple is declared.
-    return Annotated[list[bounded], Field(min_length=2, max_length=2)]  # type: ignore[valid-type]
-
-
 class _Strict(BaseModel):
     # strict: "5" is not a number and true is not an integer; forbid: unknown fields are named in the error.
     # python-re: the schema's patterns mean what Python's str methods mean (the config uses str.strip()).
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
-class CameraRequest(_Strict):
-    elevation_deg: _range("camera.elevation_deg") = Field(  # type: ignore[valid-type]
-        default=list(_CAMERA.elevation_deg), description="[min, max] camera elevation in degrees"
-    )
-    azimuth_deg: _range("camera.azimuth_deg") = Field(  # type: ignore[valid-type]
-        default=list(_CAMERA.azimuth_deg), description="[min, max] azimuth relative to the front, degrees"
-    )
-    distance: _range("camera.distance") = Field(  # type: ignore[valid-type]
-        default=list(_CAMERA.distance), description="[min, max] camera distance from the origin"
-    )
-    fov_deg: _range("camera.fov_deg") = Field(  # type: ignore[valid-type]
-        default=list(_CAMERA.fov_deg), description="[min, max] vertical field of view in degrees"
-    )
-    front_azimuth_deg: float = _float(
-        "camera.front_azimuth_deg", _CAMERA.front_azimuth_deg, "azimuth of the object's front (0 = -Y)"
-    )  # type: ignore[assignment]
+def _wire_type(s: Setting) -> tuple[Any, dict[str, Any]]:
+    """The pydantic annotation of one setting (without None) and the constraints of its Field."""
+    spec, tp = s.spec, s.base_type
+    numbers = {k: v for k, v in (("ge", spec.lo), ("le", spec.hi)) if v is not None}
+    if tp is int:
+        return JsonInt, {k: int(v) for k, v in numbers.items()}
+    if tp is float:
+        return float, {"allow_inf_nan": False, **numbers}
+    if tp is bool:
+        return bool, {}
+    if tp is str:
+        allowed = spec.allowed()
+        if allowed is not None:
+            return Literal[allowed], {}  # type: ignore[valid-type]
+        text: dict[str, Any] = {"max_length": spec.max_chars}
+        if spec.min_chars:
+            text |= {"min_length": spec.min_chars, "pattern": r"\S"}  # not only whitespace
+        return str, {k: v for k, v in text.items() if v is not None}
+    if typing.get_origin(tp) is tuple:
+        n = len(typing.get_args(tp))
+        item = Annotated[float, Field(allow_inf_nan=False, **numbers)]
+        # A list, not a tuple: strict validation of the parsed JSON refuses a list where a tuple is declared.
+        return list[item], {"min_length": n, "max_length": n}  # type: ignore[valid-type]
+    raise TypeError(f"setting {s.key} has no wire type")
 
 
-class ExportRequest(_Strict):
-    mesh_resolution: JsonInt = _int(
-        "export.mesh_resolution", _EXPORT.mesh_resolution, "marching-cubes grid size per axis"
-    )  # type: ignore[assignment]
-    texture: Literal[TEXTURE_MODES] = Field(  # type: ignore[valid-type]
-        default=_EXPORT.texture, description="per-vertex colours or a UV-unwrapped texture image"
-    )
-    texture_size: JsonInt = _int("export.texture_size", _EXPORT.texture_size, "texture image size (uv)")  # type: ignore[assignment]
-    target_faces: JsonInt = _int(
-        "export.target_faces", _EXPORT.target_faces, "decimate to about this many faces"
-    )  # type: ignore[assignment]
-    smoothing: float = _float(
-        "export.smoothing", _EXPORT.smoothing, "smooth the density before marching cubes (grid cells; 0: off)"
-    )  # type: ignore[assignment]
+def _field(s: Setting) -> tuple[Any, Any]:
+    tp, constraints = _wire_type(s)
+    if s.required:  # the prompt
+        return tp, Field(description=s.spec.help, **constraints)
+    default = list(s.default) if isinstance(s.default, tuple) else s.default
+    return (tp | None if s.optional else tp), Field(default=default, description=s.spec.help, **constraints)
 
 
-class JobRequest(_Strict):
+def request_model(cls: type, name: str) -> type[BaseModel]:
+    """A strict pydantic model of the `api` settings of a settings dataclass (nested groups included)."""
+    fields: dict[str, Any] = {}
+    nested = nested_fields(cls)
+    for s in settings_of(cls):
+        key = s.key
+        head = key.split(".", 1)[0]
+        if head in nested or not s.spec.api:
+            continue
+        fields[key] = _field(s)
+    for group, sub in nested.items():
+        model = request_model(sub, group.capitalize() + "Request")
+        if model.model_fields:
+            fields[group] = (model, Field(default_factory=model))
+    return create_model(name, __base__=_Strict, **fields)
+
+
+class JobRequest(request_model(GenerationConfig, "_JobRequestFields")):  # type: ignore[misc]
     """POST /v1/jobs body. Defaults are the engine's; omitted `model` is the built-in demo prior."""
 
-    prompt: str = Field(
-        min_length=int(LIMITS["prompt_chars"][0]),
-        max_length=int(LIMITS["prompt_chars"][1]),
-        pattern=r"\S",  # not only whitespace
-        description='what to make, e.g. "a red cube"',
-    )
-    negative_prompt: str = Field(
-        default=_DEFAULTS.negative_prompt, max_length=int(LIMITS["negative_prompt_chars"][1])
-    )
-    method: Literal[METHODS] = Field(default=DEFAULT_METHOD)  # type: ignore[valid-type]
-    steps: JsonInt = _int("steps", _DEFAULTS.steps, "optimization steps")  # type: ignore[assignment]
-    seed: JsonInt = _int("seed", _DEFAULTS.seed, "random seed; the same seed gives the same result on CPU")  # type: ignore[assignment]
-    guidance_scale: float | None = _float(
-        "guidance_scale", None, "classifier-free guidance scale; null or 0 = the method's default"
-    )  # type: ignore[assignment]
-    model: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_MODEL_CHARS,
-        description="local diffusers folder or hub id; null = the built-in demo prior",
-    )
-    render_size: JsonInt = _int("render_size", _DEFAULTS.render_size, "training render size in pixels")  # type: ignore[assignment]
-    preview_every: JsonInt = _int(
-        "preview_every", _DEFAULTS.preview_every, "steps between previews; 0 = none"
-    )  # type: ignore[assignment]
-    camera: CameraRequest = Field(default_factory=CameraRequest)
-    export: ExportRequest = Field(default_factory=ExportRequest)
-
-    @field_validator("model")
+    @field_validator("model", check_fields=False)
     @classmethod
     def _printable_model(cls, value: str | None) -> str | None:
         if value is not None and (not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value)):
@@ -168,6 +129,15 @@ class JobList(BaseModel):
     jobs: list[JobStatus]
 
 
+class MethodInfo(BaseModel):
+    name: str
+    title: str
+    description: str
+    schedule: str
+    rule: str
+    guidance_scale: float
+
+
 class ModelsInfo(BaseModel):
     default: str
     loaded: list[str]
@@ -178,6 +148,7 @@ class Health(BaseModel):
     version: str
     device: str
     methods: list[str]
+    method_details: list[MethodInfo]
     default_method: str
     models: ModelsInfo
     queue: int

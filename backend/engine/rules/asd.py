@@ -40,6 +40,7 @@ class ASD(GradientRule):
     default_guidance_scale = 7.5
     uniform_window = (0.5, 0.98, 0.02, 0.5)
     unet_batch_factor = 3
+    order = 1
 
     def __init__(self, guidance_scale: float, eta: float = 0.1, t_min: int = 20) -> None:
         super().__init__(guidance_scale)

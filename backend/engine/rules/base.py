@@ -43,6 +43,7 @@ class GradientRule:
     uniform_window: ClassVar[tuple[float, float, float, float] | None] = None
     # How many images one UNet call sees per rendered image (for the benchmarks' accounting).
     unet_batch_factor: ClassVar[int]
+    order: ClassVar[int] = 100  # place in menus (the default method's rule first)
 
     table: ClassVar[dict[str, type[GradientRule]]] = {}
 

@@ -29,6 +29,7 @@ class CSD(GradientRule):
     description = "Classifier score distillation: conditional minus unconditional noise prediction"
     default_guidance_scale = 100.0
     unet_batch_factor = 2
+    order = 2
 
     @torch.no_grad()
     def gradient(

@@ -28,6 +28,7 @@ class SDS(GradientRule):
     description = "DreamFusion's score distillation: guided noise prediction minus the added noise"
     default_guidance_scale = 100.0
     unet_batch_factor = 2
+    order = 0
 
     @torch.no_grad()
     def gradient(

@@ -26,6 +26,7 @@ class TimestepSchedule:
     method_prefix: ClassVar[str]
     title_prefix: ClassVar[str]  # menu label prefix: "TP-" + "SDS"
     description: ClassVar[str]
+    order: ClassVar[int] = 100  # place in menus
 
     table: ClassVar[dict[str, type[TimestepSchedule]]] = {}
 
@@ -43,6 +44,11 @@ class TimestepSchedule:
 
     def __call__(self, step: int, total: int, generator: torch.Generator) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def describe(cls, rule: type[GradientRule]) -> str:
+        """One line for menus: this schedule as it behaves with `rule`."""
+        return cls.description
 
 
 def progress(step: int, total: int) -> float:

@@ -41,6 +41,7 @@ class TimePrioritizedSchedule(TimestepSchedule):
     name = "prioritized"
     method_prefix = "tp-"
     title_prefix = "TP-"
+    order = 0
     description = "DreamTime's time-prioritized, decreasing timesteps (converges sooner)"
 
     def __init__(

@@ -21,6 +21,7 @@ class UniformSchedule(TimestepSchedule):
     name = "uniform"
     method_prefix = ""
     title_prefix = ""
+    order = 1
     description = "random timesteps, uniform in the window"
 
     def __init__(self, t_min: int, t_max: int, anneal_to: tuple[int, int] | None = None) -> None:
@@ -47,6 +48,12 @@ class UniformSchedule(TimestepSchedule):
 
         start_lo, start_hi, end_lo, end_hi = window
         return cls(at(start_lo), at(start_hi), anneal_to=(at(end_lo), at(end_hi)))
+
+    @classmethod
+    def describe(cls, rule: type[GradientRule]) -> str:
+        if rule.uniform_window is not None:
+            return "random timesteps in a window sliding from high to low noise"
+        return cls.description
 
     def window(self, step: int, total: int) -> tuple[int, int]:
         """The [lo, hi] window in force at `step`."""
