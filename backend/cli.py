@@ -36,7 +36,9 @@ def slug(text: str) -> str:
 def _method_help() -> str:
     from backend.engine.methods import METHODS
 
-    lines = [f"{name}: {m.description} (guidance {m.rule.default_guidance_scale:g})" for name, m in METHODS.items()]
+    lines = [
+        f"{name}: {m.description} (guidance {m.rule.default_guidance_scale:g})" for name, m in METHODS.items()
+    ]
     return f"score distillation method (default {DEFAULT_METHOD}). " + "; ".join(lines)
 
 
@@ -171,13 +173,17 @@ def _generation_config(args: argparse.Namespace) -> tuple[GenerationConfig, Any,
         if not resume.resumable:
             raise DreamsmithError(f"{args.resume} holds no optimizer state, so it cannot be resumed")
         if args.prompt is not None and args.prompt != resume.config["prompt"]:
-            raise DreamsmithError(f"{args.resume} is a run of {resume.config['prompt']!r}, not of {args.prompt!r}")
+            raise DreamsmithError(
+                f"{args.resume} is a run of {resume.config['prompt']!r}, not of {args.prompt!r}"
+            )
         fixed = [k for k in changes if k not in RESUMABLE_CHANGES and not k.startswith("export.")]
         if fixed:
             raise DreamsmithError(f"{fixed[0]} cannot change when resuming (only steps, previews and export)")
         cfg = with_overrides(config_from_dict(resume.config), changes)
         if cfg.steps <= resume.step:
-            raise DreamsmithError(f"the saved run has done {resume.step} steps already; pass --steps above that")
+            raise DreamsmithError(
+                f"the saved run has done {resume.step} steps already; pass --steps above that"
+            )
         return cfg, resume, None
     if args.prompt is None:
         raise DreamsmithError('prompt: is required, e.g. generate "a red cube"')
@@ -202,7 +208,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def on_progress(p: Progress) -> None:
         if p.phase == "optimizing":
             if not bars:
-                bars.append(tqdm(total=cfg.steps, initial=p.step - 1, unit="step", dynamic_ncols=True, desc="optimizing"))
+                bars.append(
+                    tqdm(
+                        total=cfg.steps,
+                        initial=p.step - 1,
+                        unit="step",
+                        dynamic_ncols=True,
+                        desc="optimizing",
+                    )
+                )
             bars[0].set_postfix(t=p.t, loss=f"{p.loss:.4g}", refresh=False)
             bars[0].update(p.step - bars[0].n)
         elif p.phase in ("extracting mesh", "texturing"):

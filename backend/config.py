@@ -67,7 +67,9 @@ class CameraConfig:
 
 @dataclass
 class ExportConfig:
-    mesh_resolution: int = setting(128, "marching-cubes grid size per axis", lo=16, hi=512, api=True, cli=True)
+    mesh_resolution: int = setting(
+        128, "marching-cubes grid size per axis", lo=16, hi=512, api=True, cli=True
+    )
     texture: str = setting(
         "vertex",
         "per-vertex colours or a UV-unwrapped texture image",
@@ -162,7 +164,10 @@ class GenerationConfig:
     # recommendation (`dreamsmith.json` beside its model_index.json; the demo prior's is 0.6), else 0.98.
     t_min: float = setting(0.02, "smallest timestep, as a fraction of the model's T", lo=0.0, hi=1.0)
     t_max: float | None = setting(
-        None, "largest timestep as a fraction of T; omitted: the model's recommendation, else 0.98", lo=0.0, hi=1.0
+        None,
+        "largest timestep as a fraction of T; omitted: the model's recommendation, else 0.98",
+        lo=0.0,
+        hi=1.0,
     )
     # Uniform schedule window annealing (ScaleDreamer slides [500, 980] to [20, 500]); None = the rule's own.
     anneal_window: tuple[float, float, float, float] | None = setting(

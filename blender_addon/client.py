@@ -30,7 +30,6 @@ STATUS_TIMEOUT_S = 3.0
 # Downloads of results are larger; the timeout applies to each socket read, not to the whole file.
 DOWNLOAD_TIMEOUT_S = 30.0
 
-METHODS = ("tp-sds", "asd", "tp-asd", "sds")
 TEXTURE_MODES = ("vertex", "uv")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
@@ -76,10 +75,20 @@ class BackendError(Exception):
 
 
 @dataclass
+class MethodChoice:
+    """One score distillation method the backend offers (GET /v1/health's `method_details`)."""
+
+    name: str
+    title: str
+    description: str
+
+
+@dataclass
 class Health:
     version: str
     device: str
     methods: list[str]
+    method_details: list[MethodChoice]
     default_method: str
     default_model: str
     loaded_models: list[str]
@@ -92,6 +101,11 @@ class Health:
             version=str(data.get("version", "?")),
             device=str(data.get("device", "?")),
             methods=[str(m) for m in data.get("methods", [])],
+            method_details=[
+                MethodChoice(str(m.get("name", "")), str(m.get("title", "")), str(m.get("description", "")))
+                for m in data.get("method_details") or []
+                if isinstance(m, dict) and m.get("name")
+            ],
             default_method=str(data.get("default_method", "")),
             default_model=str(models.get("default", "")),
             loaded_models=[str(m) for m in models.get("loaded", [])],

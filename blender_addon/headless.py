@@ -13,7 +13,7 @@ import bpy
 
 from . import session
 from .client import BackendError
-from .operators import new_run
+from .generation import new_run
 from .runner import GenerationRun, run_blocking
 
 # In logs (not a terminal) a line is printed when the phase or step changes, at most every

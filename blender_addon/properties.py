@@ -24,22 +24,57 @@ from bpy.props import (
 
 from .client import CameraRanges, ExportOptions, GenerationRequest
 
-METHOD_ITEMS = [
+# The method menu lists what the backend offers (GET /v1/health); these stand in while it is not reachable.
+FALLBACK_METHOD_ITEMS = [
     (
         "tp-sds",
         "TP-SDS",
         "DreamTime: score distillation with a time-prioritized, decreasing timestep schedule "
         "(default; stable, good detail)",
     ),
+    ("sds", "SDS", "Original DreamFusion score distillation with random timesteps (baseline)"),
+    ("tp-asd", "TP-ASD", "Time-prioritized schedule with asynchronous score distillation"),
     (
         "asd",
         "ASD",
         "ScaleDreamer: asynchronous score distillation, compares predictions at two timesteps "
         "(low guidance, less over-saturation)",
     ),
-    ("tp-asd", "TP-ASD", "Time-prioritized schedule with asynchronous score distillation (experimental)"),
-    ("sds", "SDS", "Original DreamFusion score distillation with random timesteps (baseline)"),
 ]
+DEFAULT_METHOD = "tp-sds"
+# Blender keeps only pointers to the strings of dynamic enum items: the list must outlive the call.
+_method_items_cache: list[tuple[str, str, str, str, int]] = []
+
+
+def method_items(self: object, context: bpy.types.Context | None) -> list[tuple[str, str, str, str, int]]:
+    """The method menu: the backend's methods when it has answered, else the built-in list; the method
+    stored in the scene stays listed even when the backend does not offer it (so it is not lost)."""
+    from . import session
+
+    health = session.STATE.health
+    if health is not None and health.method_details:
+        choices = [(m.name, m.title or m.name.upper(), m.description) for m in health.method_details]
+    else:
+        choices = list(FALLBACK_METHOD_ITEMS)
+    stored = getattr(self, "method_name", "")
+    if stored and stored not in {c[0] for c in choices}:
+        choices.append((stored, stored.upper(), "Not offered by the backend right now"))
+    items = [(name, title, text, "", i) for i, (name, title, text) in enumerate(choices)]
+    _method_items_cache[:] = items
+    return items
+
+
+def _get_method(self: DreamsmithSettings) -> int:
+    names = [item[0] for item in method_items(self, None)]
+    name = self.method_name or DEFAULT_METHOD
+    return names.index(name) if name in names else 0
+
+
+def _set_method(self: DreamsmithSettings, value: int) -> None:
+    items = method_items(self, None)
+    if 0 <= value < len(items):
+        self.method_name = items[value][0]
+
 
 TEXTURE_ITEMS = [
     ("vertex", "Vertex Colors", "Colours stored per vertex: fastest; detail follows the mesh density"),
@@ -85,11 +120,16 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         description="Diffusion model on the backend machine: a local diffusers folder or a hub id. "
         "Empty uses the built-in demo prior (small, works offline on a CPU)",
     )
+    # The method is stored by name (a dynamic menu's numbers change when the backend's list does).
+    method_name: StringProperty(
+        name="Method", description="Score distillation method", default=DEFAULT_METHOD, options={"HIDDEN"}
+    )
     method: EnumProperty(
         name="Method",
-        description="How the 2D diffusion model guides the 3D optimization",
-        items=METHOD_ITEMS,
-        default="tp-sds",
+        description="How the 2D diffusion model guides the 3D optimization (the backend lists its methods)",
+        items=method_items,
+        get=_get_method,
+        set=_set_method,
     )
     steps: IntProperty(
         name="Steps",
@@ -274,7 +314,7 @@ def request_from_settings(s: DreamsmithSettings) -> GenerationRequest:
     return GenerationRequest(
         prompt=s.prompt.strip(),
         negative_prompt=s.negative_prompt.strip(),
-        method=s.method,
+        method=s.method_name or DEFAULT_METHOD,
         steps=s.steps,
         seed=s.seed,
         guidance_scale=round(s.guidance_scale, 4) or None,
@@ -302,8 +342,7 @@ def apply_request(s: DreamsmithSettings, req: GenerationRequest) -> None:
     """Put a stored request back into the panel ("use these settings")."""
     s.prompt = req.prompt
     s.negative_prompt = req.negative_prompt
-    if req.method in {item[0] for item in METHOD_ITEMS}:
-        s.method = req.method
+    s.method_name = req.method
     s.steps = req.steps
     s.seed = req.seed
     s.guidance_scale = req.guidance_scale or 0.0

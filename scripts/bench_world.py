@@ -83,7 +83,9 @@ def run_config(prompt: str, method: str, seed: int, args: argparse.Namespace) ->
     return with_overrides(GenerationConfig(prompt=prompt), changes | args.overrides)
 
 
-def bench_one(task: tuple[str, str, int], args: argparse.Namespace, prior: Any, device: torch.device) -> dict[str, Any]:
+def bench_one(
+    task: tuple[str, str, int], args: argparse.Namespace, prior: Any, device: torch.device
+) -> dict[str, Any]:
     from backend.engine.export import export_result
     from backend.engine.optimize import DistillationRun
     from backend.evaluation.supervision import PhotometricTruth
@@ -193,7 +195,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
         out[method] = block(rs) | {
-            "per_shape": {s: block([r for r in rs if r["shape"] == s]) for s in dict.fromkeys(r["shape"] for r in rs)}
+            "per_shape": {
+                s: block([r for r in rs if r["shape"] == s]) for s in dict.fromkeys(r["shape"] for r in rs)
+            }
         }
     return out
 
@@ -212,14 +216,20 @@ def print_summary(summary: dict[str, Any], label: str) -> None:
     print(head)
     print("-" * len(head))
     for method, s in summary.items():
-        door = f"{_f(s['door_front'], '.2f')}/{_f(s['door_back'], '.2f')}" if s["door_front"] is not None else "-"
+        door = (
+            f"{_f(s['door_front'], '.2f')}/{_f(s['door_back'], '.2f')}"
+            if s["door_front"] is not None
+            else "-"
+        )
         print(
             f"{method:<8} {s['runs']:>4} {s['accuracy']:>8.1%} {_f(s['mesh_iou']):>7} {_f(s['chamfer'], '.4f'):>7} "
             f"{_f(s['normal_deg'], '.1f'):>7} {_f(s['colour_error']):>6} {_f(s['tori_open']):>9} {door:>11} {_f(s['gen_s'], '.1f'):>6}"
         )
     for method, s in summary.items():
         print(f"\nper shape ({method})")
-        print(f"{'shape':<9} {'runs':>4} {'accuracy':>8} {'meshIoU':>7} {'chamfer':>7} {'normal°':>7} {'s/run':>6}")
+        print(
+            f"{'shape':<9} {'runs':>4} {'accuracy':>8} {'meshIoU':>7} {'chamfer':>7} {'normal°':>7} {'s/run':>6}"
+        )
         for shape, r in s["per_shape"].items():
             print(
                 f"{shape:<9} {r['runs']:>4} {r['accuracy']:>8.1%} {_f(r['mesh_iou']):>7} {_f(r['chamfer'], '.4f'):>7} "
@@ -237,7 +247,9 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
         if "door_contrast_front" in r:
             extra += f" door F/B {_f(r['door_contrast_front'], '.2f')}/{_f(r['door_contrast_back'], '.2f')}"
         if "first_to" in r:
-            extra += " first " + " ".join(f"{k}@{v if v is not None else '-'}" for k, v in r["first_to"].items())
+            extra += " first " + " ".join(
+                f"{k}@{v if v is not None else '-'}" for k, v in r["first_to"].items()
+            )
         print(
             f"  {mark} {r['method']:<7} {r['prompt']:<19} s{r['seed']} IoU {_f(r.get('mesh_iou'))} "
             f"best {r.get('best_shape', '-'):<8} colour {r.get('mesh_colour_named', '-'):<6} "
@@ -251,14 +263,27 @@ def write_sheets(runs: list[dict[str, Any]], args: argparse.Namespace, label: st
     for method in dict.fromkeys(r["method"] for r in runs):
         tiles = []
         for r in (r for r in runs if r["method"] == method):
-            image = np.asarray(r["tile"], dtype=np.uint8) if r.get("tile") is not None else np.full((args.tile, 2 * args.tile, 3), 255, np.uint8)
-            lines = [f"{r['prompt']} s{r['seed']}", f"IoU {_f(r.get('mesh_iou'), '.2f')} best {r.get('best_shape', '-')}"]
-            lines.append(f"normal {_f(r.get('normal_deg'), '.0f')}° " + ("hole open" if r.get("hole_open") else ""))
+            image = (
+                np.asarray(r["tile"], dtype=np.uint8)
+                if r.get("tile") is not None
+                else np.full((args.tile, 2 * args.tile, 3), 255, np.uint8)
+            )
+            lines = [
+                f"{r['prompt']} s{r['seed']}",
+                f"IoU {_f(r.get('mesh_iou'), '.2f')} best {r.get('best_shape', '-')}",
+            ]
+            lines.append(
+                f"normal {_f(r.get('normal_deg'), '.0f')}° " + ("hole open" if r.get("hole_open") else "")
+            )
             tiles.append(Tile(image, lines, bool(r.get("ok"))))
         acc = sum(bool(r.get("ok")) for r in runs if r["method"] == method)
         n = sum(1 for r in runs if r["method"] == method)
         title = f"{label} - {method}: {acc}/{n} right"
-        path = args.sheet.with_name(f"{args.sheet.stem}_{method}{args.sheet.suffix}") if len(args.methods) > 1 else args.sheet
+        path = (
+            args.sheet.with_name(f"{args.sheet.stem}_{method}{args.sheet.suffix}")
+            if len(args.methods) > 1
+            else args.sheet
+        )
         buf = io.BytesIO()
         contact_sheet(tiles, columns=args.columns, title=title).save(buf, format="PNG")
         written.append(write_bytes_atomic(path, buf.getvalue()))
@@ -270,26 +295,42 @@ def write_sheets(runs: list[dict[str, Any]], args: argparse.Namespace, label: st
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{len(QUICK_OBJECTS)} objects (every shape) x the seeds")
-    parser.add_argument("--objects", nargs="+", default=None, help="world prompts, e.g. 'a red sphere' (default: all 36)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{len(QUICK_OBJECTS)} objects (every shape) x the seeds"
+    )
+    parser.add_argument(
+        "--objects", nargs="+", default=None, help="world prompts, e.g. 'a red sphere' (default: all 36)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--methods", nargs="+", default=[DEFAULT_METHOD], choices=list(METHODS))
-    parser.add_argument("--supervision", default="prior", choices=("prior", "truth"), help="truth: the ceiling")
+    parser.add_argument(
+        "--supervision", default="prior", choices=("prior", "truth"), help="truth: the ceiling"
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the config's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
     parser.add_argument("--model", default=None, help="diffusers model folder (default: the demo prior)")
     parser.add_argument("--eval-res", type=int, default=64, help="grid resolution of the IoU (default 64)")
-    parser.add_argument("--eval-every", type=int, default=0, help="also score the field every N steps (IoU curves)")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="also score the field every N steps (IoU curves)"
+    )
     parser.add_argument("--thresholds", nargs="+", type=float, default=list(IOU_THRESHOLDS))
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (0: one per CPU core, at most 4)")
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="runs in parallel (0: one per CPU core, at most 4)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
     parser.add_argument("--tag", default="", help="a name for this variant in the output file names")
     parser.add_argument("--keep-meshes", default=None, help="keep every run's mesh files in this folder")
     parser.add_argument("--tile", type=int, default=96, help="contact sheet picture size per view")
     parser.add_argument("--columns", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=None, help="JSON (default bench_results/world[_truth][_TAG].json)")
-    parser.add_argument("--sheet", type=Path, default=None, help="contact sheet PNG (default beside the JSON)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON (default bench_results/world[_truth][_TAG].json)"
+    )
+    parser.add_argument(
+        "--sheet", type=Path, default=None, help="contact sheet PNG (default beside the JSON)"
+    )
     args = parser.parse_args(argv)
     args.overrides = parse_overrides(args.overrides)
     args.objects = args.objects or (list(QUICK_OBJECTS) if args.quick else all_prompts())
@@ -340,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                 done(_run_task(task))
         else:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)) as pool:
+            with ProcessPoolExecutor(
+                args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)
+            ) as pool:
                 for future in as_completed([pool.submit(_run_task, task) for task in tasks]):
                     done(future.result())
     except DreamsmithError as exc:  # e.g. a --model that does not load
@@ -366,7 +409,13 @@ def main(argv: list[str] | None = None) -> int:
             "config": probe.to_dict(),
             "quick": args.quick,
         },
-        "machine": {"device": args.device, "torch": torch.__version__, "jobs": args.jobs, "threads": args.threads, "platform": platform.platform()},
+        "machine": {
+            "device": args.device,
+            "torch": torch.__version__,
+            "jobs": args.jobs,
+            "threads": args.threads,
+            "platform": platform.platform(),
+        },
         "wall_s": round(wall, 1),
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k != "tile"} for r in runs],

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("tp-sds", "asd", "tp-asd", "sds")
 
 
 def script_args(argv: list[str]) -> list[str]:
@@ -50,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="", help="diffusers folder or hub id on the backend (default: demo prior)"
     )
     p.add_argument(
-        "--method", default=None, choices=METHODS, help="score distillation method (default: tp-sds)"
+        "--method",
+        default=None,
+        help="score distillation method, one the backend offers (its /v1/health lists them; default: tp-sds)",
     )
     p.add_argument(
         "--steps", type=int, default=None, help="optimization steps (default: the backend's tuned default)"
@@ -158,7 +159,7 @@ def configure(settings: Any, args: argparse.Namespace) -> None:
     settings.negative_prompt = args.negative_prompt
     settings.model = args.model
     if args.method is not None:
-        settings.method = args.method
+        settings.method_name = args.method  # the backend refuses an unknown one, naming the choices
     settings.seed = args.seed
     settings.texture = args.texture
     settings.object_size = args.object_size

@@ -128,7 +128,7 @@ def test_idle_panels_offer_generate_and_every_setting() -> None:
     expected = {
         p.identifier
         for p in properties.DreamsmithSettings.bl_rna.properties
-        if p.identifier not in ("rna_type", "name", "history", "history_index")
+        if p.identifier not in ("rna_type", "name", "history", "history_index", "method_name")
     }
     assert expected <= shown, f"settings missing from the panels: {expected - shown}"
     assert "No generations in this file yet" in texts(drawn["DREAMSMITH_PT_history"])
@@ -166,7 +166,7 @@ def test_errors_are_shown_in_plain_words_with_a_dismiss_button() -> None:
 
 
 def test_backend_status_and_missing_camera_warning() -> None:
-    session.STATE.set_health(Health("0.1.0", "cpu", ["tp-sds"], "tp-sds", "demo", [], 0))
+    session.STATE.set_health(Health("0.1.0", "cpu", ["tp-sds"], [], "tp-sds", "demo", [], 0))
     properties.settings_of(bpy.context.scene).front_from_camera = True
     try:
         drawn = draw_all(bpy.context)

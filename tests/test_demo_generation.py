@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"the demo prior is not built yet ({DEMO_PRIOR_PATH}/model_index.json is missing)",
 )
 
-# Short but reliable: see scripts/bench_quality.py for how colour settles against steps.
+# Short but reliable: see scripts/bench_world.py --eval-every for how colour settles against steps.
 STEPS = 60
 RENDER_SIZE = 32
 

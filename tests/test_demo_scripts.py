@@ -1,5 +1,5 @@
 """The demo prior's scripts end to end at toy sizes: train a few steps, load the result through the engine's
-loader, sample it and score it, and run the quality bench on it."""
+loader, sample it and score it, and run the world benchmark and its ceiling on it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from backend.config import CameraConfig
+from backend.demo_world import DemoObject
 from backend.engine.prior import load_prior
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -61,26 +65,108 @@ def test_sample_prior_scores_its_samples(trained, tmp_path, capsys):
     assert "samples showing the asked colour" in capsys.readouterr().out
 
 
-def test_bench_quality_prints_the_table_and_writes_json_and_plot(trained, tmp_path, capsys):
-    bench = load_script("bench_quality")
-    out, plot = tmp_path / "quality.json", tmp_path / "quality.png"
-    argv = ["--model", str(trained), "--prompts", "a red sphere", "--seeds", "0", "1", "--methods", "sds"]
-    argv += ["--steps", "2", "--eval-res", "16", "--mesh-res", "32", "--jobs", "1", "--threads", "1"]
-    assert bench.main(argv + ["--out", str(out), "--plot", str(plot)]) == 0
+@pytest.mark.parametrize("supervision", ["prior", "truth"])
+def test_bench_world_prints_the_summary_and_writes_json_and_contact_sheet(
+    trained, tmp_path, capsys, supervision
+):
+    bench = load_script("bench_world")
+    out = tmp_path / "world.json"
+    argv = ["--model", str(trained), "--objects", "a red torus", "a blue house", "--seeds", "0"]
+    argv += ["--steps", "3", "--eval-every", "3", "--set", "export.mesh_resolution=32", "--jobs", "1"]
+    assert bench.main(argv + ["--supervision", supervision, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert len(result["runs"]) == 2 and plot.stat().st_size > 0
-    run = result["runs"][0]
-    assert 0.0 <= run["iou"] <= 1.0 and [p["step"] for p in run["curve"]][0] == 0
-    assert run["peak_iou"] == max(p["iou"] for p in run["curve"]) and set(run["first_to"]) == {"0.7", "0.85"}
-    assert "sds" in result["summary"]
+    assert result["settings"]["supervision"] == supervision and len(result["runs"]) == 2
+    torus, house = result["runs"]
+    for run in result["runs"]:
+        assert 0.0 <= run["mesh_iou"] <= 1.0 and run["normal_deg"] >= 0 and run["chamfer"] >= 0
+        assert isinstance(run["ok"], bool) and run["best_shape"] in (
+            "sphere",
+            "cube",
+            "cylinder",
+            "cone",
+            "torus",
+            "house",
+        )
+        assert run["curve"][-1]["step"] == 3 and run["gen_s"] > 0
+    assert isinstance(torus["hole_open"], bool) and "door_contrast_back" in house
+    summary = result["summary"]["tp-sds"]
+    assert set(summary["per_shape"]) == {"torus", "house"} and 0.0 <= summary["accuracy"] <= 1.0
+    sheet = Image.open(out.with_suffix(".png"))
+    assert sheet.width >= 2 * 96 and sheet.height > 96
     printed = capsys.readouterr().out
-    assert "IoU@0" in printed and "budget used" in printed and "first step at IoU" in printed
+    assert "accuracy" in printed and "per shape" in printed and "per run" in printed
 
 
-def test_bench_quality_refuses_a_prompt_outside_the_world():
-    bench = load_script("bench_quality")
+def test_bench_world_refuses_a_prompt_outside_the_world():
+    bench = load_script("bench_world")
     with pytest.raises(ValueError, match="teapot"):
-        bench.parse_args(["--prompts", "a teapot"])
+        bench.parse_args(["--objects", "a teapot"])
+
+
+def test_ceiling_supervision_is_exact_on_the_true_object():
+    """The ceiling's target is the world object drawn through the step's own rays, light and shading:
+    rendering the true object's image pixel for pixel (0 loss for a field that equals it)."""
+    from backend.demo_world import DemoObject, render
+    from backend.engine.cameras import sample_cameras
+    from backend.engine.optimize import RenderedBatch
+    from backend.engine.rendering import RenderOutput
+    from backend.evaluation.supervision import PhotometricTruth
+
+    obj = DemoObject("cube", "green")
+    cams = sample_cameras(CameraConfig(), 2, 24, torch.Generator().manual_seed(0), "cpu")
+    light = torch.nn.functional.normalize(cams.positions, dim=-1)
+    white = torch.ones(2, 24, 24, 3)
+    zero = torch.zeros(2, 24, 24, 1)
+    batch = RenderedBatch(
+        cams, "lambertian", light, white, RenderOutput(white, zero, zero, white, torch.zeros(()))
+    )
+    target = PhotometricTruth(obj, ambient=0.3).target(batch)
+    expected, _ = render(obj, cams.rays_o, cams.rays_d, light, ambient=0.3)
+    torch.testing.assert_close(target, expected, atol=1e-5, rtol=0)
+    albedo = PhotometricTruth(obj).target(RenderedBatch(cams, "albedo", light, white, batch.out))
+    colours = albedo.reshape(-1, 3)
+    assert ((colours - torch.tensor(obj.rgb)).abs().sum(-1) < 1e-5).any()  # flat albedo where it hits
+
+
+def test_surface_error_sees_pits_that_iou_misses():
+    """A pitted sphere and a smooth one have nearly the same IoU; the normal error tells them apart."""
+    import trimesh
+
+    from backend.evaluation import metrics
+    from backend.evaluation.truth import Truth
+
+    truth = Truth(DemoObject("sphere", "red"), eval_res=48)
+    smooth = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    rng = np.random.default_rng(0)
+    bumps = 1.0 + 0.04 * np.sin(40 * smooth.vertices[:, 0]) * np.sin(40 * smooth.vertices[:, 1]) * np.sin(
+        40 * smooth.vertices[:, 2]
+    )
+    pitted = smooth.vertices * (bumps + 0.005 * rng.standard_normal(len(bumps)))[:, None]
+
+    def scores(vertices):
+        inside = metrics.mesh_inside(vertices, smooth.faces, 48, 1.0)
+        return metrics.iou(inside, truth.cell_occ), metrics.surface_error(vertices, smooth.faces, truth)
+
+    iou_smooth, err_smooth = scores(smooth.vertices)
+    iou_pitted, err_pitted = scores(pitted)
+    assert abs(iou_smooth - iou_pitted) < 0.03
+    assert err_smooth["normal_deg"] < 3.0 and err_pitted["normal_deg"] > 3 * err_smooth["normal_deg"]
+    assert err_smooth["chamfer"] < 0.01
+
+
+def test_contact_sheet_marks_wrong_results():
+    from backend.evaluation.thumbnails import Tile, contact_sheet, demo_object_mesh, render_mesh
+
+    v, f, c = demo_object_mesh("torus", "yellow", resolution=40)
+    image = render_mesh(v, f, c, size=64, elevation_deg=60.0)
+    assert image.shape == (64, 64, 3)
+    yellow = (image[..., 0] > 150) & (image[..., 1] > 120) & (image[..., 2] < 80)
+    assert yellow.mean() > 0.1 and yellow[32, 32] == 0  # seen from above, the hole shows the background
+    sheet = np.asarray(
+        contact_sheet([Tile(image, ["right"], True), Tile(image, ["wrong"], False)], columns=2)
+    )
+    red = (sheet[..., 0] > 180) & (sheet[..., 1] < 60) & (sheet[..., 2] < 60)
+    assert red[:, sheet.shape[1] // 2 :].any() and not red[:, : sheet.shape[1] // 2].any()
 
 
 def test_score_mesh_tells_shape_and_colour(tmp_path, capsys):
@@ -94,7 +180,8 @@ def test_score_mesh_tells_shape_and_colour(tmp_path, capsys):
     red = np.tile(np.array([[200, 10, 10, 255]], dtype=np.uint8), (len(sphere.vertices), 1))
     np.savez(tmp_path / "mesh.npz", vertices=sphere.vertices, faces=sphere.faces, colors=red)
     assert score.main([str(tmp_path), "a red sphere"]) == 0
-    assert "best match: sphere" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best match: sphere" in printed and "the asked object" in printed and "Chamfer" in printed
     assert score.main([str(tmp_path), "a blue sphere"]) == 1  # wrong colour
     assert score.main([str(tmp_path), "a red cube"]) == 1  # a fair IoU (~0.7), but a sphere fits better
     assert score.main([str(tmp_path / "missing"), "a red sphere"]) == 2

@@ -196,8 +196,7 @@ def test_fresh_field_renders_opaque_centre_over_background() -> None:
     field = make_field()
     rays_o, rays_d = front_rays(size=32)
     with torch.no_grad():
-        out = DenseRenderer(samples_per_ray=48).render(field, rays_o, rays_d, "albedo", None, WHITE, None
-        )
+        out = DenseRenderer(samples_per_ray=48).render(field, rays_o, rays_d, "albedo", None, WHITE, None)
     assert out.rgb.shape == (1, 32, 32, 3) and out.opacity.shape == (1, 32, 32, 1)
     assert out.depth.shape == (1, 32, 32, 1) and out.normal.shape == (1, 32, 32, 3)
     centre = out.opacity[0, 15:17, 15:17]
@@ -216,9 +215,11 @@ def test_textureless_shading_is_lit_from_the_light() -> None:
     rays_o, rays_d = front_rays(size=16)
     renderer = DenseRenderer(samples_per_ray=32)
     with torch.no_grad():
-        lit = renderer.render(field, rays_o, rays_d, "textureless", torch.tensor([[0.0, -1.0, 0.0]]), WHITE * 0
+        lit = renderer.render(
+            field, rays_o, rays_d, "textureless", torch.tensor([[0.0, -1.0, 0.0]]), WHITE * 0
         )
-        dark = renderer.render(field, rays_o, rays_d, "textureless", torch.tensor([[0.0, 1.0, 0.0]]), WHITE * 0
+        dark = renderer.render(
+            field, rays_o, rays_d, "textureless", torch.tensor([[0.0, 1.0, 0.0]]), WHITE * 0
         )
     # Light from the camera side brightens the centre; light from behind leaves only the ambient term.
     assert lit.rgb[0, 8, 8].mean() > 0.8
@@ -320,9 +321,7 @@ def test_dense_renderer_on_cuda_matches_cpu() -> None:
     with torch.no_grad():
         cpu = renderer.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
         field_cuda = field.to("cuda")
-        cuda = renderer.render(
-            field_cuda, rays_o.cuda(), rays_d.cuda(), "lambertian", None, WHITE, None
-        )
+        cuda = renderer.render(field_cuda, rays_o.cuda(), rays_d.cuda(), "lambertian", None, WHITE, None)
     torch.testing.assert_close(cuda.rgb.cpu(), cpu.rgb, atol=1e-4, rtol=1e-4)
 
 
@@ -384,8 +383,7 @@ def test_an_empty_field_gets_no_occupancy_skipping() -> None:
     renderer.update(0, field)
     assert renderer.grid is not None and renderer.grid.cells is not None and renderer.grid.cells.all()
     rays_o, rays_d = front_rays(size=8)
-    out = renderer.render(field, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
-    )
+    out = renderer.render(field, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0))
     out.opacity.sum().backward()
     assert field.encoding.table.grad is not None and field.encoding.table.grad.abs().sum() > 0
 
@@ -405,8 +403,7 @@ def test_occupancy_grid_skips_empty_space_without_changing_the_image() -> None:
         b = skipping.render(field, rays_o, rays_d, "lambertian", None, WHITE, None)
     torch.testing.assert_close(b.rgb, a.rgb, atol=0.01, rtol=0)
     torch.testing.assert_close(b.opacity, a.opacity, atol=0.01, rtol=0)
-    out = skipping.render(field, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0)
-    )
+    out = skipping.render(field, rays_o, rays_d, "albedo", None, WHITE, torch.Generator().manual_seed(0))
     out.rgb.mean().backward()
     assert field.encoding.table.grad.abs().sum() > 0
 

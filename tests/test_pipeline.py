@@ -189,8 +189,12 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_latent_prior, t
         )
     ckpt = load_checkpoint(tmp_path / "part" / "field.pt")
     assert ckpt.step == 2 and ckpt.resumable
-    resumed = generate(small_config(tiny_latent_prior, "asd", steps=5), tmp_path / "part", priors=priors, resume=ckpt)
-    assert_same_arrays(read_arrays(whole.files["mesh.npz"].parent), read_arrays(resumed.files["mesh.npz"].parent))
+    resumed = generate(
+        small_config(tiny_latent_prior, "asd", steps=5), tmp_path / "part", priors=priors, resume=ckpt
+    )
+    assert_same_arrays(
+        read_arrays(whole.files["mesh.npz"].parent), read_arrays(resumed.files["mesh.npz"].parent)
+    )
 
 
 def test_a_warm_start_begins_from_the_given_field(tiny_pixel_prior, tmp_path, priors):
@@ -198,13 +202,21 @@ def test_a_warm_start_begins_from_the_given_field(tiny_pixel_prior, tmp_path, pr
     ckpt = load_checkpoint(tmp_path / "a")
     cold = generate(small_config(tiny_pixel_prior, "sds", steps=1, seed=9), tmp_path / "cold", priors=priors)
     warm = generate(
-        small_config(tiny_pixel_prior, "sds", steps=1, seed=9), tmp_path / "warm", priors=priors, init_field=ckpt
+        small_config(tiny_pixel_prior, "sds", steps=1, seed=9),
+        tmp_path / "warm",
+        priors=priors,
+        init_field=ckpt,
     )
     warm_ckpt = load_checkpoint(tmp_path / "warm")
     # One step from the saved field stays close to it; the cold run started elsewhere.
-    drift = {k: (warm_ckpt.geometry_state[k] - ckpt.geometry_state[k]).abs().max() for k in ckpt.geometry_state}
+    drift = {
+        k: (warm_ckpt.geometry_state[k] - ckpt.geometry_state[k]).abs().max() for k in ckpt.geometry_state
+    }
     assert max(float(v) for v in drift.values()) < 0.05
-    assert not np.array_equal(read_arrays(cold.files["mesh.npz"].parent)["vertices"], read_arrays(warm.files["mesh.npz"].parent)["vertices"])
+    assert not np.array_equal(
+        read_arrays(cold.files["mesh.npz"].parent)["vertices"],
+        read_arrays(warm.files["mesh.npz"].parent)["vertices"],
+    )
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
@@ -240,7 +252,10 @@ def test_cli_export_resume_and_set(tiny_pixel_prior, tmp_path):
     assert load_checkpoint(out / "field.pt").step == 3
     for args, words in (
         (["generate", "--resume", str(out / "field.pt"), "--steps", "2"], "--steps above"),
-        (["generate", "--resume", str(out / "field.pt"), "--steps", "9", "--seed", "3"], "seed cannot change"),
+        (
+            ["generate", "--resume", str(out / "field.pt"), "--steps", "9", "--seed", "3"],
+            "seed cannot change",
+        ),
         (["generate", "a red cube", "--set", "lr_grid=-1"], "lr_grid"),
         (["generate", "a red cube", "--set", "colour=red"], "colour: unknown setting"),
         (["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")], "No field checkpoint"),

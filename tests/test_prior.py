@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend.engine.prior import Prior, PriorCache, load_prior, resolve_device
 from backend.engine.rules import score_distillation_loss
 from backend.engine.rules.sds import SDS
-from backend.engine.prior import Prior, PriorCache, load_prior, resolve_device
 from backend.engine.tiny_prior import make_tiny_prior
 from backend.engine.views import VIEWS, view_prompt
 from backend.errors import DreamsmithError, ModelLoadError
@@ -202,7 +202,10 @@ def test_a_model_folder_may_recommend_t_max(tiny_pixel_prior: Path, tmp_path: Pa
     assert prior.recommended == {"t_max": 0.6}
     # A run that leaves t_max unset takes the model's; one that sets it keeps its own; others get 0.98.
     run = DistillationRun(GenerationConfig(prompt="a red cube", method="sds", steps=2), prior, CPU)
-    assert run.cfg.t_max == 0.6 and (run.supervision.schedule.t_min, run.supervision.schedule.t_max) == (20, 600)
+    assert run.cfg.t_max == 0.6 and (run.supervision.schedule.t_min, run.supervision.schedule.t_max) == (
+        20,
+        600,
+    )
     run = DistillationRun(GenerationConfig(prompt="a red cube", method="sds", t_max=0.9), prior, CPU)
     assert run.cfg.t_max == 0.9
     run = DistillationRun(GenerationConfig(prompt="a red cube"), load_prior(str(tiny_pixel_prior), CPU), CPU)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
-from fake_prior import B, T, FakePrior, col, embeddings, latents
+from fake_prior import B, FakePrior, T, col, embeddings, latents
 
 from backend.engine.rules.asd import ASD
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fake_prior import B, T, FakePrior, col, embeddings, latents
+from fake_prior import B, FakePrior, col, embeddings, latents
 
 from backend.engine.rules.sds import SDS
 

@@ -15,6 +15,7 @@ from backend.engine.schedules.uniform import UniformSchedule
 def make_schedule(cfg: GenerationConfig, abar: torch.Tensor):
     return METHODS[cfg.method].make_schedule(cfg, abar)
 
+
 T = 1000
 
 

@@ -165,7 +165,12 @@ def test_health_reports_device_methods_and_queue(start) -> None:
     api = start(FakeEngine())
     body = api.client.get("/v1/health").json()
     assert body["status"] == "ok" and body["device"] == "cpu"
-    assert body["methods"] == ["tp-sds", "sds", "asd", "tp-asd"] and body["default_method"] == "tp-sds"
+    from backend.engine.methods import METHODS
+
+    assert body["methods"] == list(METHODS) and body["default_method"] == "tp-sds"
+    assert {"tp-sds", "sds", "asd", "tp-asd", "csd", "tp-csd"} <= set(body["methods"])
+    details = {m["name"]: m for m in body["method_details"]}
+    assert details["asd"]["guidance_scale"] == 7.5 and details["tp-sds"]["title"] == "TP-SDS"
     assert body["models"]["default"] == "demo" and body["queue"] == 0
     schema = api.client.get("/openapi.json").json()
     job_request = schema["components"]["schemas"]["JobRequest"]

@@ -83,7 +83,9 @@ class Supervision(Protocol):
         """Drawn before the cameras (so it takes the first host-side random numbers of a step)."""
         ...
 
-    def loss(self, batch: RenderedBatch, t: int | None, generator: torch.Generator, timer: StepTimer) -> Tensor: ...
+    def loss(
+        self, batch: RenderedBatch, t: int | None, generator: torch.Generator, timer: StepTimer
+    ) -> Tensor: ...
 
 
 class ScoreDistillation:
@@ -102,7 +104,9 @@ class ScoreDistillation:
     def timestep(self, step: int, total: int, generator: torch.Generator) -> int:
         return self.schedule(step, total, generator)
 
-    def loss(self, batch: RenderedBatch, t: int | None, generator: torch.Generator, timer: StepTimer) -> Tensor:
+    def loss(
+        self, batch: RenderedBatch, t: int | None, generator: torch.Generator, timer: StepTimer
+    ) -> Tensor:
         assert t is not None
         with timer("encode"):
             x = self.prior.to_model_space(batch.out.rgb.permute(0, 3, 1, 2))

@@ -24,7 +24,9 @@ LUMA = np.array([0.2126, 0.7152, 0.0722])
 class JanusProbe:
     """Front and back cameras with the pixels of the true door area and of the wall around it."""
 
-    def __init__(self, obj: DemoObject, size: int = 64, elevation: float = 5.0, distance: float = 2.0) -> None:
+    def __init__(
+        self, obj: DemoObject, size: int = 64, elevation: float = 5.0, distance: float = 2.0
+    ) -> None:
         from backend.engine.cameras import camera_rays, orbit_camera
 
         self.obj = obj
@@ -39,9 +41,18 @@ class JanusProbe:
             on_wall = hit & (p[:, 1] * sign > hy - 0.01) & (p[:, 2] < demo_world.HOUSE_WALL_CENTRE_Z + 0.3)
             door = (p[:, 0].abs() < demo_world.DOOR_HALF_WIDTH) & (p[:, 2] < demo_world.DOOR_TOP_Z)
             # Shrink both areas one pixel's worth so edge blur does not mix them.
-            inner = (p[:, 0].abs() < demo_world.DOOR_HALF_WIDTH - 0.03) & (p[:, 2] < demo_world.DOOR_TOP_Z - 0.03)
-            outer = (p[:, 0].abs() > demo_world.DOOR_HALF_WIDTH + 0.03) | (p[:, 2] > demo_world.DOOR_TOP_Z + 0.03)
-            self.views[name] = (rays_o, rays_d, (on_wall & door & inner).numpy(), (on_wall & ~door & outer).numpy())
+            inner = (p[:, 0].abs() < demo_world.DOOR_HALF_WIDTH - 0.03) & (
+                p[:, 2] < demo_world.DOOR_TOP_Z - 0.03
+            )
+            outer = (p[:, 0].abs() > demo_world.DOOR_HALF_WIDTH + 0.03) | (
+                p[:, 2] > demo_world.DOOR_TOP_Z + 0.03
+            )
+            self.views[name] = (
+                rays_o,
+                rays_d,
+                (on_wall & door & inner).numpy(),
+                (on_wall & ~door & outer).numpy(),
+            )
         body = float(LUMA @ np.array(obj.rgb))
         self.true_contrast = body - float(LUMA @ np.array(demo_world.DOOR_COLOUR))
 

@@ -50,7 +50,9 @@ def colour_named(mean_rgb: np.ndarray) -> str:
     return names[int(np.argmin(np.abs(refs - chroma).sum(axis=1)))]
 
 
-def field_occupancy(geometry: Any, resolution: int, threshold: float | None = None) -> tuple[np.ndarray, float]:
+def field_occupancy(
+    geometry: Any, resolution: int, threshold: float | None = None
+) -> tuple[np.ndarray, float]:
     """bool [R, R, R] (density >= the export's level) and the level used (None: the automatic one)."""
     from backend.engine import export
 
@@ -114,7 +116,9 @@ def mesh_inside(vertices: np.ndarray, faces: np.ndarray, resolution: int, bound:
     return (np.cumsum(toggles, axis=2)[:, :, :R] % 2).astype(bool)
 
 
-def surface_error(vertices: np.ndarray, faces: np.ndarray, truth: Truth, n: int = SURFACE_SAMPLES) -> dict[str, float]:
+def surface_error(
+    vertices: np.ndarray, faces: np.ndarray, truth: Truth, n: int = SURFACE_SAMPLES
+) -> dict[str, float]:
     """Chamfer distance (world units) and mean normal angle (degrees) between a mesh and the true surface."""
     points, normals = sample_triangles(vertices, faces, n, seed=0)
     if len(points) == 0:

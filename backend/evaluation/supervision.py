@@ -43,7 +43,9 @@ class PhotometricTruth:
             image[hit] = shade(demo_world.albedo(self.obj, p), normals, light, batch.shading, self.ambient)
         return image.reshape(b, h, w, 3).to(batch.out.rgb.device)
 
-    def loss(self, batch: RenderedBatch, t: int | None, generator: torch.Generator, timer: StepTimer) -> Tensor:
+    def loss(
+        self, batch: RenderedBatch, t: int | None, generator: torch.Generator, timer: StepTimer
+    ) -> Tensor:
         with timer("guidance"):
             target = self.target(batch)
         rgb = batch.out.rgb

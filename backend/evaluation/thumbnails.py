@@ -128,14 +128,18 @@ def contact_sheet(tiles: Sequence[Tile], columns: int = 6, title: str = "") -> I
     return sheet
 
 
-def mesh_tile(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray | None, size: int = 128) -> np.ndarray:
+def mesh_tile(
+    vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray | None, size: int = 128
+) -> np.ndarray:
     """Two views side by side (front-left and back-right), each size x size."""
     a = render_mesh(vertices, faces, colours, size, elevation_deg=30.0, azimuth_deg=-35.0)
     b = render_mesh(vertices, faces, colours, size, elevation_deg=30.0, azimuth_deg=145.0)
     return np.concatenate([a, b], axis=1)
 
 
-def demo_object_mesh(shape: str, colour: str, resolution: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def demo_object_mesh(
+    shape: str, colour: str, resolution: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A world object's true surface as a mesh with vertex colours (for reference tiles)."""
     import mcubes
 

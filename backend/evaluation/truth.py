@@ -93,8 +93,12 @@ class Truth:
         self.obj = obj
         self.eval_res = eval_res
         self.bound = bound
-        self.grid_occ = demo_world.occupancy(obj, grid_points(eval_res, bound)).reshape((eval_res,) * 3).numpy()
-        self.cell_occ = demo_world.occupancy(obj, cell_centres(eval_res, bound)).reshape((eval_res,) * 3).numpy()
+        self.grid_occ = (
+            demo_world.occupancy(obj, grid_points(eval_res, bound)).reshape((eval_res,) * 3).numpy()
+        )
+        self.cell_occ = (
+            demo_world.occupancy(obj, cell_centres(eval_res, bound)).reshape((eval_res,) * 3).numpy()
+        )
         self.surface = visible_surface_points(obj, 4096, seed=1234)
         self.surface_albedo = demo_world.albedo(obj, self.surface).numpy()
         self.surface_points, self.surface_normals = surface_samples(obj.shape)

@@ -96,7 +96,13 @@ class DenseRenderer(Renderer):
         chunk = n_rays if torch.is_grad_enabled() else self.chunk_rays
         parts = [
             self._render_rays(
-                geometry, o[i : i + chunk], d[i : i + chunk], light[i : i + chunk], shading, generator, need_normals
+                geometry,
+                o[i : i + chunk],
+                d[i : i + chunk],
+                light[i : i + chunk],
+                shading,
+                generator,
+                need_normals,
             )
             for i in range(0, n_rays, chunk)
         ]

@@ -133,7 +133,9 @@ class NerfaccRenderer(Renderer):
     ) -> RenderOutput:
         check_shading(shading)
         if abs(geometry.bound - self.bound) > 1e-6:
-            raise ValueError(f"geometry bound {geometry.bound} differs from the occupancy grid's {self.bound}")
+            raise ValueError(
+                f"geometry bound {geometry.bound} differs from the occupancy grid's {self.bound}"
+            )
         self._geometry = geometry
         if not self._updated:
             self._update_grid(geometry, 0)
