@@ -1,6 +1,6 @@
 """Field -> mesh files: density grid, marching cubes, clean-up, decimation, colours, GLB and array file.
 
-The steps follow DESIGN.md "Export": sample the density on a grid over the scene bound, smooth it lightly
+The steps follow docs/design.md "Export": sample the density on a grid over the scene bound, smooth it lightly
 (`export.smoothing`), extract the level set with marching cubes (`mcubes`), drop small floating
 components, decimate (before any UV unwrap, see `texture.py`), colour the surface from the albedo field,
 then write

@@ -76,7 +76,7 @@ class Job:
     progress_mono: float | None = None
 
     def status(self) -> dict[str, Any]:
-        """The API status object (DESIGN.md, HTTP API v1). Call with the store lock held."""
+        """The API status object (docs/design.md, "HTTP API"). Call with the store lock held."""
         elapsed, eta = self.elapsed_s, self.eta_s
         if self.state == "running" and self.started_mono is not None:
             now = time.monotonic()
