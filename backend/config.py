@@ -32,6 +32,12 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
+def geometry_kinds() -> tuple[str, ...]:
+    from backend.engine.geometry import GEOMETRIES
+
+    return tuple(GEOMETRIES)
+
+
 def background_kinds() -> tuple[str, ...]:
     from backend.engine.background import BACKGROUNDS
 
@@ -182,6 +188,11 @@ class GenerationConfig:
     asd_eta: float = setting(0.1, "ASD: dt ~ U[0, eta (t - t_min)]", lo=0.0, hi=1.0)
     grad_clip: float | None = setting(None, "clip each gradient entry to [-c, c]", lo=1e-6, hi=1e6)
 
+    geometry: str = setting(
+        "nerf",
+        "the 3D representation: nerf (density field) or sdf (VolSDF signed distance)",
+        choices=geometry_kinds,
+    )
     # Adam learning rates per part of the field.
     lr_grid: float = setting(1e-2, "learning rate of the hash grid", lo=0.0, hi=1.0)
     lr_mlp: float = setting(1e-3, "learning rate of the MLP heads", lo=0.0, hi=1.0)
@@ -189,6 +200,7 @@ class GenerationConfig:
     # Regularizer weights.
     lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
     lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)
+    lambda_eikonal: float = setting(0.1, "weight of an SDF geometry's eikonal term", lo=0.0, hi=1e6)
     # Shading mix (albedo, lambertian, textureless) once warm-up is over, as in DreamFusion.
     shading_warmup_steps: int = setting(100, "steps rendered in albedo shading only", lo=0, hi=100000)
     shading_probs: tuple[float, float, float] = setting(

@@ -56,6 +56,12 @@ class ExportResult:
     n_faces: int
 
 
+def surface_level(field: Any) -> float | None:
+    """The density on the field's own surface when it defines one (an SDF geometry), else None (automatic)."""
+    level = getattr(field, "surface_level", None)
+    return level() if callable(level) else None
+
+
 def _field_device(field: Any) -> torch.device:
     if isinstance(field, torch.nn.Module):
         for tensor in (*field.parameters(), *field.buffers()):
@@ -411,7 +417,8 @@ def export_result(
     if export.threshold is not None:
         empty_below = min(EMPTY_DENSITY, 0.5 * export.threshold) if export.threshold > 0 else None
     grid = smooth_grid(density_grid(field, export.mesh_resolution, empty_below=empty_below), export.smoothing)
-    verts, faces = marching_cubes_mesh(grid, bound, export.threshold)
+    threshold = export.threshold if export.threshold is not None else surface_level(field)
+    verts, faces = marching_cubes_mesh(grid, bound, threshold)
     del grid
     verts, faces = remove_floaters(verts, faces)
     verts, faces = decimate(verts, faces, export.target_faces)

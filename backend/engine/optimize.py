@@ -171,6 +171,8 @@ class DistillationRun:
         # Regularizers: DreamFusion's orientation loss and a soft opacity (sparsity) penalty.
         loss = loss + cfg.lambda_orientation * out.orientation_loss
         loss = loss + cfg.lambda_sparsity * (out.opacity**2 + 0.01).sqrt().mean()
+        for name, term in self.geometry.regularization(self.device_rng).items():
+            loss = loss + getattr(cfg, f"lambda_{name}") * term
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"the loss became {loss.item()} at step {i}: lower the guidance scale or the learning rates"

@@ -57,6 +57,8 @@ def field_occupancy(
     from backend.engine import export
 
     grid = export.density_grid(geometry, resolution)
+    if threshold is None:
+        threshold = export.surface_level(geometry)
     level = float(export.auto_threshold(grid)) if threshold is None else float(threshold)
     return grid >= level, level
 

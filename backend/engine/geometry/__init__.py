@@ -8,11 +8,12 @@ import torch
 
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.nerf import FieldConfig, RadianceField
+from backend.engine.geometry.sdf import SDFConfig, SDFField
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
 
-GEOMETRIES: dict[str, type[Geometry]] = {RadianceField.kind: RadianceField}
+GEOMETRIES: dict[str, type[Geometry]] = {RadianceField.kind: RadianceField, SDFField.kind: SDFField}
 
 
 def field_config_for(device: torch.device) -> FieldConfig:
@@ -21,7 +22,9 @@ def field_config_for(device: torch.device) -> FieldConfig:
 
 
 def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
-    """The untrained geometry of a generation (parameters drawn from torch's global RNG)."""
+    """The untrained geometry of a generation, `cfg.geometry` (parameters drawn from torch's global RNG)."""
+    if cfg.geometry == SDFField.kind:
+        return SDFField(SDFConfig() if device.type == "cuda" else SDFConfig.small(), device=device)
     return RadianceField(field_config_for(device), device=device)
 
 

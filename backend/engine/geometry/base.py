@@ -56,10 +56,15 @@ class Geometry(nn.Module):
         """Adam parameter groups with their learning rates."""
         raise NotImplementedError
 
-    def regularization(self, x: Tensor) -> dict[str, Tensor]:
-        """Extra loss terms of this geometry at sample points x [M, 3] (e.g. an SDF's eikonal term),
-        unweighted; the run weighs them by the config. None by default."""
+    def regularization(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """Extra loss terms of this geometry, unweighted (e.g. an SDF's eikonal term, "eikonal"); the run
+        adds each weighted by the config's `lambda_<name>`. None by default (and no random draws)."""
         return {}
+
+    def surface_level(self) -> float | None:
+        """The density on the geometry's own surface (an SDF's zero level), which the export then uses as
+        its marching-cubes level; None: the export picks a level from the density grid."""
+        return None
 
     def spec(self) -> dict[str, Any]:
         """{"kind": ..., plus the constructor's plain-data arguments}: enough to rebuild it."""

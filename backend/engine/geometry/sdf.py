@@ -1,0 +1,165 @@
+"""A signed-distance geometry rendered as volume density (VolSDF; Yariv et al. 2021, eq. 2-3).
+
+    d(x) = |x| - r0 + f(x)                       the network f starts at 0: the run starts from a sphere
+    sigma(x) = (1 / beta) Psi_beta(-d(x))        Psi_beta: CDF of the zero-mean Laplace law of scale beta
+
+so the density is 1 / beta well inside, 1 / (2 beta) on the surface d = 0 and decays as exp(-d / beta)
+outside; beta is learned (VolSDF), kept above `beta_min` so that the renderer's samples still resolve
+the surface. Normals are the normalized gradient of d (finite differences). The eikonal term
+(|grad d| - 1)^2 (Gropp et al. 2020), at random points of the bound box, keeps d a distance; the run adds
+it weighted by `lambda_eikonal`. The surface is d = 0, whose density `surface_level()` gives the export.
+ScaleDreamer's amortized generators render their geometry this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backend.engine.geometry.base import Geometry
+from backend.engine.geometry.hashgrid import HashGridConfig, make_hash_grid
+from backend.engine.geometry.nerf import _mlp
+
+if TYPE_CHECKING:
+    from backend.config import GenerationConfig
+
+
+@dataclass
+class SDFConfig:
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+    hidden_dim: int = 64
+    n_hidden_layers: int = 1
+    sphere_radius: float = 0.5  # the initial shape
+    beta_init: float = 0.1
+    beta_min: float = 0.02
+    bound: float = 1.0
+    normal_eps: float = 1e-2
+    eikonal_points: int = 1024
+
+    @property
+    def hash_grid(self) -> HashGridConfig:
+        return HashGridConfig(
+            n_levels=self.n_levels,
+            n_features_per_level=self.n_features_per_level,
+            log2_hashmap_size=self.log2_hashmap_size,
+            base_resolution=self.base_resolution,
+            finest_resolution=self.finest_resolution,
+        )
+
+    @classmethod
+    def small(cls) -> SDFConfig:
+        """The CPU grid (as `FieldConfig.small`): 12 levels, 2^15 entries, finest 512."""
+        return cls(n_levels=12, log2_hashmap_size=15, finest_resolution=512)
+
+
+def laplace_cdf(s: Tensor, beta: Tensor) -> Tensor:
+    """Psi_beta(s): 0.5 exp(s / beta) for s <= 0, 1 - 0.5 exp(-s / beta) above (no overflow either side)."""
+    half_tail = 0.5 * torch.exp(-s.abs() / beta)
+    return torch.where(s <= 0, half_tail, 1.0 - half_tail)
+
+
+class SDFField(Geometry):
+    """d(x), sigma(x) and albedo(x) for world points x [N, 3] in [-bound, bound]^3 (torch's global RNG
+    draws the parameters: seed it first)."""
+
+    kind = "sdf"
+
+    def __init__(self, cfg: SDFConfig | None = None, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        cfg = cfg or SDFConfig()
+        self.cfg = cfg
+        self.bound = float(cfg.bound)
+        self.encoding = make_hash_grid(cfg.hash_grid, device)
+        n_enc = self.encoding.n_output_dims
+        self.sdf_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
+        self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
+        with torch.no_grad():  # f = 0 at the start: exactly the sphere
+            last = self.sdf_mlp[-1]
+            assert isinstance(last, nn.Linear)
+            last.weight.zero_()
+            last.bias.zero_()
+        # beta = beta_min + softplus(raw), raw chosen so that beta starts at beta_init.
+        start = torch.tensor(cfg.beta_init - cfg.beta_min, dtype=torch.float32)
+        self.beta_raw = nn.Parameter((start.exp() - 1.0).log().to(device))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.encoding.n_output_dims)
+
+    @property
+    def beta(self) -> Tensor:
+        return self.cfg.beta_min + F.softplus(self.beta_raw)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        return self.encoding((x + self.bound) / (2.0 * self.bound))
+
+    def _sdf_from_features(self, h: Tensor, x: Tensor) -> Tensor:
+        return x.norm(dim=-1) - self.cfg.sphere_radius + self.sdf_mlp(h).squeeze(-1)
+
+    def sdf(self, x: Tensor) -> Tensor:
+        """x [N, 3] world -> signed distance [N] (negative inside)."""
+        return self._sdf_from_features(self._encode(x), x)
+
+    def _sigma(self, d: Tensor, x: Tensor) -> Tensor:
+        beta = self.beta
+        sigma = laplace_cdf(-d, beta) / beta
+        return torch.where((x.abs() <= self.bound).all(-1), sigma, torch.zeros_like(sigma))
+
+    def density(self, x: Tensor) -> Tensor:
+        return self._sigma(self.sdf(x), x)
+
+    def density_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self._encode(x)
+        return self._sigma(self._sdf_from_features(h, x), x), h
+
+    def albedo_from_features(self, features: Tensor) -> Tensor:
+        return torch.sigmoid(self.albedo_mlp(features))
+
+    def albedo(self, x: Tensor) -> Tensor:
+        return self.albedo_from_features(self._encode(x))
+
+    def sdf_gradient(self, x: Tensor) -> Tensor:
+        """grad d at x [N, 3] by central differences (6 evaluations), differentiable -> [N, 3]."""
+        eps = self.cfg.normal_eps
+        offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps
+        probes = torch.cat([x.unsqueeze(0) + offsets[:, None], x.unsqueeze(0) - offsets[:, None]])
+        d = self.sdf(probes.reshape(-1, 3)).view(6, -1)
+        return (d[:3] - d[3:]).t() / (2.0 * eps)
+
+    def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
+        return F.normalize(self.sdf_gradient(x), dim=-1, eps=1e-6)
+
+    def regularization(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """The eikonal term at `eikonal_points` uniform points of the bound box."""
+        device = self.beta_raw.device
+        u = torch.rand(self.cfg.eikonal_points, 3, generator=generator, device=generator.device).to(device)
+        grad = self.sdf_gradient((u * 2.0 - 1.0) * self.bound)
+        return {"eikonal": (grad.norm(dim=-1) - 1.0).square().mean()}
+
+    def surface_level(self) -> float:
+        """The density on d = 0: 1 / (2 beta)."""
+        return float(0.5 / self.beta.detach())
+
+    def param_groups(self, cfg: GenerationConfig) -> list[dict[str, Any]]:
+        mlps = list(self.sdf_mlp.parameters()) + list(self.albedo_mlp.parameters())
+        return [
+            {"name": "grid", "params": list(self.encoding.parameters()), "lr": cfg.lr_grid},
+            {"name": "mlp", "params": mlps, "lr": cfg.lr_mlp},
+            {"name": "beta", "params": [self.beta_raw], "lr": cfg.lr_mlp},
+        ]
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self.cfg)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "cpu") -> SDFField:
+        return cls(SDFConfig(**{k: v for k, v in spec.items() if k != "kind"}), device=device)
