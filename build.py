@@ -2,7 +2,7 @@
 """Dreamsmith's one entry point (standard library only).
 
     python3 build.py demo ["PROMPT"]   set up, generate with the demo prior, build a Blender scene + GLB + render
-    python3 build.py test              set up, lint, type-check the add-on, run the test suite
+    python3 build.py test              set up, lint, type-check the backend and add-on, run the test suite
     python3 build.py addon             set up, build and validate the Blender extension zip into dist/
     python3 build.py setup             only create or update .venv
 

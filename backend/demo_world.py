@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -108,11 +109,11 @@ def caption(obj: DemoObject, view: str) -> str:
 
 def _sdf_box(p: Tensor, half: Tensor) -> Tensor:
     q = p.abs() - half
-    return q.clamp(min=0).norm(dim=-1) + q.amax(dim=-1).clamp(max=0)
+    return cast(Tensor, q.clamp(min=0).norm(dim=-1) + q.amax(dim=-1).clamp(max=0))
 
 
 def _sdf_sphere(p: Tensor) -> Tensor:
-    return p.norm(dim=-1) - SPHERE_RADIUS
+    return cast(Tensor, p.norm(dim=-1) - SPHERE_RADIUS)
 
 
 def _sdf_cube(p: Tensor) -> Tensor:
@@ -123,7 +124,7 @@ def _sdf_cylinder(p: Tensor) -> Tensor:
     d = torch.stack(
         [p[..., :2].norm(dim=-1) - CYLINDER_RADIUS, p[..., 2].abs() - CYLINDER_HALF_HEIGHT], dim=-1
     )
-    return d.clamp(min=0).norm(dim=-1) + d.amax(dim=-1).clamp(max=0)
+    return cast(Tensor, d.clamp(min=0).norm(dim=-1) + d.amax(dim=-1).clamp(max=0))
 
 
 def _sdf_cone(p: Tensor) -> Tensor:
@@ -146,7 +147,7 @@ def _sdf_cone(p: Tensor) -> Tensor:
 
 def _sdf_torus(p: Tensor) -> Tensor:
     q = torch.stack([p[..., :2].norm(dim=-1) - TORUS_MAJOR, p[..., 2]], dim=-1)
-    return q.norm(dim=-1) - TORUS_MINOR
+    return cast(Tensor, q.norm(dim=-1) - TORUS_MINOR)
 
 
 def _sdf_house(p: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
@@ -33,7 +34,7 @@ def write_json_atomic(path: Path | str, obj: Any) -> Path:
     return write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
 
 
-def save_npz_atomic(path: Path | str, **arrays: np.ndarray) -> Path:
+def save_npz_atomic(path: Path | str, **arrays: NDArray[Any]) -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return write_bytes_atomic(path, buf.getvalue())

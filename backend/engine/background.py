@@ -37,6 +37,7 @@ class LearnedBackground(Background):
     """
 
     kind = "learned"
+    freqs: Tensor  # a buffer, registered in __init__
 
     def __init__(self, n_frequencies: int = 2, hidden_dim: int = 16) -> None:
         super().__init__()

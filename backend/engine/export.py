@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fast_simplification
 import mcubes
@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse
 import torch
 import trimesh
+from numpy.typing import NDArray
 from PIL import Image
 from scipy.ndimage import binary_dilation, gaussian_filter
 from scipy.sparse.csgraph import connected_components
@@ -71,7 +72,7 @@ def _field_device(field: Any) -> torch.device:
 
 def _lattice_densities(
     field: Any, xs: torch.Tensor, ys: torch.Tensor, zs: torch.Tensor, chunk: int
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """`field.density` at every (x, y, z) of the lattice xs x ys x zs -> f32 [X,Y,Z], chunked, no grad."""
     nx, ny, nz = len(xs), len(ys), len(zs)
     total = nx * ny * nz
@@ -85,7 +86,9 @@ def _lattice_densities(
     return _finite(out).reshape(nx, ny, nz)
 
 
-def _point_densities(field: Any, points: np.ndarray, device: torch.device, chunk: int) -> np.ndarray:
+def _point_densities(
+    field: Any, points: NDArray[Any], device: torch.device, chunk: int
+) -> NDArray[np.float32]:
     """`field.density` at world points f32 [K,3] -> f32 [K], chunked, no grad."""
     out = np.empty(len(points), dtype=np.float32)
     with torch.no_grad():
@@ -95,14 +98,14 @@ def _point_densities(field: Any, points: np.ndarray, device: torch.device, chunk
     return _finite(out)
 
 
-def _finite(sigma: np.ndarray) -> np.ndarray:
+def _finite(sigma: NDArray[Any]) -> NDArray[Any]:
     """Non-finite densities count as empty space (NaN, -inf) or as very dense (+inf)."""
-    return np.nan_to_num(sigma, copy=False, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+    return np.nan_to_num(sigma, copy=False, nan=0.0, posinf=float(np.finfo(np.float32).max), neginf=0.0)
 
 
 def density_grid(
     field: Any, resolution: int, chunk: int = 65536, empty_below: float | None = EMPTY_DENSITY
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """`field.density` at the resolution^3 grid corners spanning [-bound, bound]^3 -> f32 [R,R,R], [x,y,z].
 
     Corner i along an axis sits at -bound + i * 2 bound / (R - 1), so the grid includes the bound itself.
@@ -138,10 +141,10 @@ def density_grid(
     left = np.clip(np.searchsorted(coarse_idx, fine, "left") - 1, 0, m - 1)
     right = np.clip(np.searchsorted(coarse_idx, fine, "right") - 1, 0, m - 1)
     nearest = np.searchsorted((coarse_idx[:-1] + coarse_idx[1:]) / 2.0, fine)
-    grid = coarse[np.ix_(nearest, nearest, nearest)]
+    grid: NDArray[np.float32] = coarse[np.ix_(nearest, nearest, nearest)]
 
     axis_np = axis.cpu().numpy()
-    pending: list[np.ndarray] = []
+    pending: list[NDArray[Any]] = []
     n_pending = 0
 
     def flush() -> None:
@@ -170,7 +173,7 @@ def density_grid(
     return grid
 
 
-def auto_threshold(grid: np.ndarray) -> float:
+def auto_threshold(grid: NDArray[Any]) -> float:
     """Density level separating the object from empty space, from the grid's own statistics.
 
     Rule: level = clip(PEAK_FRACTION * peak, MIN_DENSITY, SURFACE_DENSITY), raised to sqrt(background *
@@ -193,7 +196,7 @@ def auto_threshold(grid: np.ndarray) -> float:
     return max(level, math.sqrt(background * peak))
 
 
-def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
+def smooth_grid(grid: NDArray[Any], sigma: float) -> NDArray[Any]:
     """Gaussian smoothing of a density grid, sigma in grid cells (0: the grid itself).
 
     Score distillation leaves the density pitted just under the surface; marching cubes turns those pits
@@ -203,7 +206,9 @@ def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
     """
     if sigma <= 0:
         return grid
-    return gaussian_filter(grid, sigma=float(sigma), mode="nearest").astype(np.float32, copy=False)
+    return cast(
+        NDArray[Any], gaussian_filter(grid, sigma=float(sigma), mode="nearest").astype(np.float32, copy=False)
+    )
 
 
 def _empty_field_error(threshold: float, peak: float) -> DreamsmithError:
@@ -215,8 +220,8 @@ def _empty_field_error(threshold: float, peak: float) -> DreamsmithError:
 
 
 def marching_cubes_mesh(
-    grid: np.ndarray, bound: float, threshold: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    grid: NDArray[Any], bound: float, threshold: float | None = None
+) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
     """Level set {density = threshold} of a `density_grid` -> (verts f32 [N,3] world, faces i32 [M,3]).
 
     The grid is padded with empty space, so the mesh is closed even where the object touches the bound
@@ -241,7 +246,7 @@ def marching_cubes_mesh(
     return _compact(verts, faces)
 
 
-def _compact(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _compact(verts: NDArray[Any], faces: NDArray[Any]) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
     """Drop vertices no face uses and renumber faces -> (verts f32, faces i32)."""
     used = np.zeros(len(verts), dtype=bool)
     used[faces.ravel()] = True
@@ -250,8 +255,8 @@ def _compact(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def remove_floaters(
-    verts: np.ndarray, faces: np.ndarray, min_fraction: float = FLOATER_FRACTION
-) -> tuple[np.ndarray, np.ndarray]:
+    verts: NDArray[Any], faces: NDArray[Any], min_fraction: float = FLOATER_FRACTION
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Keep the connected components with at least `min_fraction` of the largest one's faces."""
     if len(faces) == 0:
         return verts, faces
@@ -267,7 +272,9 @@ def remove_floaters(
     return _compact(np.asarray(verts), faces[keep])
 
 
-def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+def decimate(
+    verts: NDArray[Any], faces: NDArray[Any], target_faces: int
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Quadric edge-collapse decimation (`fast_simplification`) down to about `target_faces`.
 
     Meshes already at or below the target are returned unchanged.
@@ -280,7 +287,7 @@ def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[n
     return _compact(np.asarray(new_verts), valid_faces(new_faces))
 
 
-def valid_faces(faces: np.ndarray) -> np.ndarray:
+def valid_faces(faces: NDArray[Any]) -> NDArray[np.int64]:
     """`faces` without the triangles a mesh must not hold: one that uses a vertex twice, or the same three
     vertices as an earlier triangle (edge collapses can leave both). Order is kept."""
     f = np.asarray(faces, dtype=np.int64)
@@ -290,10 +297,10 @@ def valid_faces(faces: np.ndarray) -> np.ndarray:
     _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
     unique = np.zeros(len(f), dtype=bool)
     unique[first] = True
-    return f[keep & unique]
+    return cast(NDArray[np.int64], f[keep & unique])
 
 
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def vertex_normals(verts: NDArray[Any], faces: NDArray[Any]) -> NDArray[np.float32]:
     """Area-weighted unit vertex normals f32 [N,3] (outward for outward-wound faces)."""
     tri = np.asarray(verts, dtype=np.float64)[faces]
     face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
@@ -301,10 +308,10 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     for corner in range(3):
         np.add.at(normals, faces[:, corner], face_n)
     length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return (normals / np.maximum(length, 1e-12)).astype(np.float32)
+    return cast(NDArray[np.float32], (normals / np.maximum(length, 1e-12)).astype(np.float32))
 
 
-def sample_albedo(field: Any, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def sample_albedo(field: Any, points: NDArray[Any], chunk: int = 65536) -> NDArray[np.float32]:
     """`field.albedo` at world points [N,3] -> f32 [N,3] in [0, 1] (sRGB, as rendered), chunked, no grad."""
     device = _field_device(field)
     points = np.asarray(points, dtype=np.float32)
@@ -317,7 +324,7 @@ def sample_albedo(field: Any, points: np.ndarray, chunk: int = 65536) -> np.ndar
     return np.clip(out, 0.0, 1.0)
 
 
-def to_rgba8(rgb: np.ndarray) -> np.ndarray:
+def to_rgba8(rgb: NDArray[Any]) -> NDArray[np.uint8]:
     """Colours in [0, 1] [N,3] -> u8 [N,4] with alpha 255."""
     rgba = np.full((len(rgb), 4), 255, dtype=np.uint8)
     rgba[:, :3] = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -325,8 +332,12 @@ def to_rgba8(rgb: np.ndarray) -> np.ndarray:
 
 
 def vertex_colors(
-    field: Any, verts: np.ndarray, normals: np.ndarray | None = None, inset: float = 0.0, chunk: int = 65536
-) -> np.ndarray:
+    field: Any,
+    verts: NDArray[Any],
+    normals: NDArray[Any] | None = None,
+    inset: float = 0.0,
+    chunk: int = 65536,
+) -> NDArray[np.uint8]:
     """Albedo at the vertices -> u8 [N,4] sRGB, alpha 255.
 
     With `normals` (outward, unit) the field is sampled `inset` world units inside the surface: the
@@ -339,29 +350,29 @@ def vertex_colors(
     return to_rgba8(sample_albedo(field, points, chunk))
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+def _srgb_to_linear(c: NDArray[Any]) -> NDArray[Any]:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-def z_up_to_y_up(points: np.ndarray) -> np.ndarray:
+def z_up_to_y_up(points: NDArray[Any]) -> NDArray[Any]:
     """Blender/Dreamsmith (x, y, z), Z up -> glTF (x, z, -y), Y up; front -Y becomes glTF's front +Z."""
     points = np.asarray(points)
     return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1)
 
 
-def y_up_to_z_up(points: np.ndarray) -> np.ndarray:
+def y_up_to_z_up(points: NDArray[Any]) -> NDArray[Any]:
     """Inverse of `z_up_to_y_up` (what Blender's glTF importer does)."""
     points = np.asarray(points)
     return np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1)
 
 
 def glb_bytes(
-    verts: np.ndarray,
-    faces: np.ndarray,
-    normals: np.ndarray,
-    colors: np.ndarray | None = None,
-    uvs: np.ndarray | None = None,
-    texture: np.ndarray | None = None,
+    verts: NDArray[Any],
+    faces: NDArray[Any],
+    normals: NDArray[Any],
+    colors: NDArray[Any] | None = None,
+    uvs: NDArray[Any] | None = None,
+    texture: NDArray[Any] | None = None,
 ) -> bytes:
     """A GLB of the mesh (Z-up input, written Y-up) with vertex colours, or with `texture` (u8 [H,W,3])
     as the base colour of a PBR material mapped by `uvs` (v = 0 at the image's bottom).
@@ -393,7 +404,7 @@ def glb_bytes(
     return data
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
+def _png_bytes(image: NDArray[Any]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
@@ -428,6 +439,7 @@ def export_result(
     colors = vertex_colors(field, verts, normals, inset)
 
     files: dict[str, Path] = {}
+    arrays: dict[str, NDArray[Any]]
     if export.texture == "uv":
         if on_phase is not None:
             on_phase("texturing")

@@ -18,7 +18,7 @@ import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -211,7 +211,7 @@ class DistillationRun:
             background_state={k: v.detach().cpu() for k, v in self.background.state_dict().items()},
         )
         if resumable:
-            ckpt.optimizer_state = _to_cpu(self.optimizer.state_dict())
+            ckpt.optimizer_state = cast(dict[str, Any], _to_cpu(self.optimizer.state_dict()))
             ckpt.renderer_state = self.renderer.state_dict()
             ckpt.rng_state = {
                 "host": self.host_rng.get_state(),

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,7 @@ class Prior:
             max_length = self.text_encoder.config.max_position_embeddings
         ids = tok(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
         mask = ids.attention_mask if getattr(self.text_encoder.config, "use_attention_mask", False) else None
-        return self.text_encoder(ids.input_ids, attention_mask=mask)[0].float()  # [N, L, D]
+        return cast(Tensor, self.text_encoder(ids.input_ids, attention_mask=mask)[0].float())  # [N, L, D]
 
     def encode_prompts(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
         """Encode the negative prompt and the four view-dependent prompts in one text-encoder pass."""
@@ -114,7 +114,7 @@ class Prior:
         # The mean of q(z|x), not a sample: the same render gives the same latent, so runs stay
         # reproducible and the gradient carries no extra VAE noise (DreamFusion-style code samples).
         posterior = self.vae.encode(x.to(self.dtype)).latent_dist
-        return ((posterior.mean - self.shift_factor) * self.scaling_factor).float()
+        return cast(Tensor, ((posterior.mean - self.shift_factor) * self.scaling_factor).float())
 
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor | int, text_emb: Tensor) -> Tensor:
@@ -124,7 +124,7 @@ class Prior:
         if text_emb.shape[0] == 1 and n > 1:
             text_emb = text_emb.expand(n, -1, -1)
         sample = x_t.to(self.device, self.dtype)
-        out = self.unet(sample, t, encoder_hidden_states=text_emb.to(self.device, self.dtype)).sample
+        out: Tensor = self.unet(sample, t, encoder_hidden_states=text_emb.to(self.device, self.dtype)).sample
         out = out[:, : self.channels].float()  # drop a learned-variance half if the model has one
         if self.prediction_type == "epsilon":
             return out
@@ -233,7 +233,7 @@ def _read_model_index(src: _Source) -> dict[str, Any]:
                 "is not in the local cache; connect to the network once or pass a local diffusers folder."
             ) from exc
     try:
-        return json.loads(index_path.read_text(encoding="utf-8"))
+        return cast(dict[str, Any], json.loads(index_path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"The model_index.json of {src.name} is unreadable ({_reason(exc)}).") from exc
 

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import xatlas
+from numpy.typing import NDArray
 from scipy.ndimage import distance_transform_edt
 
 # points f32 [N,3] (world) -> colours [N,3] in [0, 1] (sRGB).
-AlbedoFn = Callable[[np.ndarray], np.ndarray]
+AlbedoFn = Callable[[NDArray[np.float32]], NDArray[Any]]
 
 # xatlas chart growth is bounded to charts whose boundary is at most this fraction of sqrt(surface area).
 # With xatlas's defaults, large charts on marching-cubes meshes are slow to grow and parametrize: 15-20 s
@@ -40,20 +42,20 @@ CHART_PADDING = 2
 
 @dataclass
 class UVTexture:
-    vertices: np.ndarray  # f32 [N',3], split at uv seams
-    faces: np.ndarray  # i32 [M,3] into `vertices`
-    uvs: np.ndarray  # f32 [N',2] in [0, 1], v = 0 at the image's bottom
-    vertex_map: np.ndarray  # i64 [N'] index of each split vertex in the input mesh
-    texture: np.ndarray  # u8 [S,S,3] sRGB, row 0 = top (v = 1)
+    vertices: NDArray[np.float32]  # f32 [N',3], split at uv seams
+    faces: NDArray[np.int32]  # i32 [M,3] into `vertices`
+    uvs: NDArray[np.float32]  # f32 [N',2] in [0, 1], v = 0 at the image's bottom
+    vertex_map: NDArray[np.int64]  # i64 [N'] index of each split vertex in the input mesh
+    texture: NDArray[np.uint8]  # u8 [S,S,3] sRGB, row 0 = top (v = 1)
 
 
 def unwrap(
-    verts: np.ndarray,
-    faces: np.ndarray,
+    verts: NDArray[Any],
+    faces: NDArray[Any],
     texture_size: int,
     padding: int = CHART_PADDING,
     boundary_fraction: float | None = CHART_BOUNDARY_FRACTION,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.float32]]:
     """xatlas charts and packing for a `texture_size`^2 image -> (vertex_map i64 [N'], faces i32 [M,3],
     uvs f32 [N',2]).
 
@@ -82,8 +84,8 @@ def unwrap(
 
 
 def _texel_pairs(
-    lo: np.ndarray, extent: np.ndarray, counts: np.ndarray, chunk: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    lo: NDArray[Any], extent: NDArray[Any], counts: NDArray[Any], chunk: int
+) -> Iterator[tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """Yield (face, column, row-from-bottom) arrays for every texel in each face's box, about `chunk`
     pairs at a time; face f's box starts at texel lo[f] and spans extent[f] (columns, rows)."""
     ends = np.cumsum(counts)
@@ -99,7 +101,7 @@ def _texel_pairs(
         start = stop
 
 
-def _closest_on_edges(p: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _closest_on_edges(p: NDArray[Any], tri: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """Closest point to p [K,2] on the boundary of triangles tri [K,3,2] -> (squared distance [K],
     barycentrics [K,3])."""
     best_d2 = np.full(len(p), np.inf)
@@ -119,8 +121,8 @@ def _closest_on_edges(p: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def rasterize(
-    uvs: np.ndarray, faces: np.ndarray, size: int, conservative: bool = True, chunk: int = 1 << 20
-) -> tuple[np.ndarray, np.ndarray]:
+    uvs: NDArray[Any], faces: NDArray[Any], size: int, conservative: bool = True, chunk: int = 1 << 20
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
     """Which triangle each texel belongs to -> (face_index i32 [S,S], -1 where none; barycentrics
     f32 [S,S,3]), image layout (row 0 = top = v 1).
 
@@ -181,7 +183,7 @@ def rasterize(
     return face_index, bary
 
 
-def pad_texture(image: np.ndarray, filled: np.ndarray, max_texels: float | None = None) -> np.ndarray:
+def pad_texture(image: NDArray[Any], filled: NDArray[Any], max_texels: float | None = None) -> NDArray[Any]:
     """Copy into each unfilled texel the colour of the nearest filled one (within `max_texels`, or all
     of them when None), in place; returns `image`."""
     if filled.all() or not filled.any():
@@ -192,7 +194,7 @@ def pad_texture(image: np.ndarray, filled: np.ndarray, max_texels: float | None 
     return image
 
 
-def sample_texture(texture: np.ndarray, uvs: np.ndarray) -> np.ndarray:
+def sample_texture(texture: NDArray[Any], uvs: NDArray[Any]) -> NDArray[np.float32]:
     """Bilinear lookup (clamped at the border) of u8 [S,S,C] at uvs [N,2] -> f32 [N,C] in 0..255,
     with this module's conventions (v = 0 at the bottom row, texel centres at (i + .5) / S)."""
     height, width = texture.shape[:2]
@@ -209,27 +211,30 @@ def sample_texture(texture: np.ndarray, uvs: np.ndarray) -> np.ndarray:
     img = texture.astype(np.float32)
     top = img[r1, c0] * (1 - fx) + img[r1, c1] * fx
     bottom = img[r0, c0] * (1 - fx) + img[r0, c1] * fx
-    return (bottom * (1 - fy) + top * fy).astype(np.float32)
+    return cast(NDArray[np.float32], (bottom * (1 - fy) + top * fy).astype(np.float32))
 
 
-def _face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def _face_normals(verts: NDArray[Any], faces: NDArray[Any]) -> NDArray[np.float32]:
     tri = np.asarray(verts, dtype=np.float64)[faces]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    return (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return cast(
+        NDArray[np.float32],
+        (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32),
+    )
 
 
 def bake_texture(
     albedo: AlbedoFn,
-    verts: np.ndarray,
-    faces: np.ndarray,
-    uvs: np.ndarray,
+    verts: NDArray[Any],
+    faces: NDArray[Any],
+    uvs: NDArray[Any],
     size: int,
-    normals: np.ndarray | None = None,
+    normals: NDArray[Any] | None = None,
     inset: float = 0.0,
     padding: float | None = None,
     background: tuple[int, int, int] = (0, 0, 0),
     conservative: bool = True,
-) -> np.ndarray:
+) -> NDArray[np.uint8]:
     """Albedo baked into a `size`^2 image for the uv-mapped mesh -> u8 [S,S,3], row 0 = top.
 
     Each covered texel is the albedo at its surface point, moved `inset` world units inward along the
@@ -262,10 +267,10 @@ def bake_texture(
 
 def uv_texture(
     albedo: AlbedoFn,
-    verts: np.ndarray,
-    faces: np.ndarray,
+    verts: NDArray[Any],
+    faces: NDArray[Any],
     texture_size: int,
-    normals: np.ndarray | None = None,
+    normals: NDArray[Any] | None = None,
     inset: float = 0.0,
 ) -> UVTexture:
     """Unwrap the (already decimated) mesh and bake its albedo -> `UVTexture` (see the module docstring).

@@ -7,6 +7,7 @@ so the folder loads through exactly the same `from_pretrained` path as a real mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
@@ -65,10 +66,11 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
                 tokens.append(pieces[0])
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    # The BPE model takes (a, b) pairs as merges; transformers annotates the argument as list[str].
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)  # type: ignore[arg-type]
 
 
-def _model_index(pixel: bool) -> dict:
+def _model_index(pixel: bool) -> dict[str, Any]:
     index = {
         "_class_name": PIXEL_PIPELINE_CLASS if pixel else "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from backend import demo_world
 from backend.demo_world import DemoObject
@@ -30,8 +31,8 @@ class JanusProbe:
         from backend.engine.cameras import camera_rays, orbit_camera
 
         self.obj = obj
-        self.views: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]] = {}
-        self.images: dict[str, np.ndarray] = {}
+        self.views: dict[str, tuple[torch.Tensor, torch.Tensor, NDArray[Any], NDArray[Any]]] = {}
+        self.images: dict[str, NDArray[Any]] = {}
         hy = demo_world.HOUSE_HALF[1]
         for name, az, sign in (("front", 0.0, -1.0), ("back", 180.0, 1.0)):
             c2w = orbit_camera(elevation, az, distance)[None]

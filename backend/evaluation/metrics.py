@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from backend import demo_world
@@ -31,17 +32,17 @@ MIN_IOU = 0.7
 SURFACE_SAMPLES = 8192
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: NDArray[Any], b: NDArray[Any]) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def colour_error(pred: np.ndarray, true: np.ndarray) -> float:
+def colour_error(pred: NDArray[Any], true: NDArray[Any]) -> float:
     """Mean absolute RGB difference (colours in [0, 1])."""
     return float(np.abs(pred - true).mean()) if len(pred) else float("nan")
 
 
-def colour_named(mean_rgb: np.ndarray) -> str:
+def colour_named(mean_rgb: NDArray[Any]) -> str:
     """The world's colour name nearest to `mean_rgb` by chromaticity."""
     chroma = mean_rgb / max(float(mean_rgb.sum()), 1e-6)
     names = list(demo_world.COLOURS)
@@ -52,7 +53,7 @@ def colour_named(mean_rgb: np.ndarray) -> str:
 
 def field_occupancy(
     geometry: Any, resolution: int, threshold: float | None = None
-) -> tuple[np.ndarray, float]:
+) -> tuple[NDArray[np.bool_], float]:
     """bool [R, R, R] (density >= the export's level) and the level used (None: the automatic one)."""
     from backend.engine import export
 
@@ -64,7 +65,7 @@ def field_occupancy(
 
 
 @torch.no_grad()
-def field_albedo(geometry: Any, points: torch.Tensor) -> np.ndarray:
+def field_albedo(geometry: Any, points: torch.Tensor) -> NDArray[Any]:
     device = next(geometry.parameters()).device
     out = [geometry.albedo(chunk.to(device)).float().cpu() for chunk in points.split(32768)]
     return torch.cat(out).clamp(0, 1).numpy()
@@ -83,7 +84,9 @@ def score_field(geometry: Any, truth: Truth, threshold: float | None = None) -> 
     }
 
 
-def mesh_inside(vertices: np.ndarray, faces: np.ndarray, resolution: int, bound: float) -> np.ndarray:
+def mesh_inside(
+    vertices: NDArray[Any], faces: NDArray[Any], resolution: int, bound: float
+) -> NDArray[np.bool_]:
     """bool [R, R, R]: cell centres inside the mesh, by the parity of crossings along +Z rays.
 
     Every triangle is rasterised onto the (x, y) columns its projection covers; a crossing at height z
@@ -119,7 +122,7 @@ def mesh_inside(vertices: np.ndarray, faces: np.ndarray, resolution: int, bound:
 
 
 def surface_error(
-    vertices: np.ndarray, faces: np.ndarray, truth: Truth, n: int = SURFACE_SAMPLES
+    vertices: NDArray[Any], faces: NDArray[Any], truth: Truth, n: int = SURFACE_SAMPLES
 ) -> dict[str, float]:
     """Chamfer distance (world units) and mean normal angle (degrees) between a mesh and the true surface."""
     points, normals = sample_triangles(vertices, faces, n, seed=0)
@@ -137,7 +140,7 @@ def surface_error(
     }
 
 
-def load_mesh(path: Path | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_mesh(path: Path | str) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """(vertices f32 [N, 3], faces i64 [M, 3], colours u8 [N, 4]) of a mesh.npz, or of a folder holding one."""
     path = Path(path)
     if path.is_dir():

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 BACKGROUND = (255, 255, 255)
 
 
 def render_mesh(
-    vertices: np.ndarray,
-    faces: np.ndarray,
-    colours: np.ndarray | None = None,
+    vertices: NDArray[Any],
+    faces: NDArray[Any],
+    colours: NDArray[Any] | None = None,
     size: int = 128,
     elevation_deg: float = 20.0,
     azimuth_deg: float = -35.0,
     distance: float = 2.6,
     fov_deg: float = 40.0,
-) -> np.ndarray:
+) -> NDArray[np.uint8]:
     """u8 [size, size, 3] picture of the mesh (vertices [N, 3] world, faces [M, 3], colours u8 [N, 3+])."""
     from backend.engine.cameras import orbit_camera
 
@@ -95,7 +97,7 @@ def render_mesh(
 
 @dataclass
 class Tile:
-    image: np.ndarray  # u8 [H, W, 3]
+    image: NDArray[np.uint8]  # u8 [H, W, 3]
     lines: Sequence[str]  # label under the picture
     ok: bool | None = None  # True: green frame; False: red frame and an X; None: no frame
 
@@ -129,8 +131,8 @@ def contact_sheet(tiles: Sequence[Tile], columns: int = 6, title: str = "") -> I
 
 
 def mesh_tile(
-    vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray | None, size: int = 128
-) -> np.ndarray:
+    vertices: NDArray[Any], faces: NDArray[Any], colours: NDArray[Any] | None, size: int = 128
+) -> NDArray[np.uint8]:
     """Two views side by side (front-left and back-right), each size x size."""
     a = render_mesh(vertices, faces, colours, size, elevation_deg=30.0, azimuth_deg=-35.0)
     b = render_mesh(vertices, faces, colours, size, elevation_deg=30.0, azimuth_deg=145.0)
@@ -139,7 +141,7 @@ def mesh_tile(
 
 def demo_object_mesh(
     shape: str, colour: str, resolution: int = 64
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.uint8]]:
     """A world object's true surface as a mesh with vertex colours (for reference tiles)."""
     import mcubes
 

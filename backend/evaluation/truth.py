@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import mcubes
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from backend import demo_world
 from backend.config import CameraConfig
@@ -49,7 +51,9 @@ def project_to_surface(obj: DemoObject, points: torch.Tensor, iterations: int = 
 
 
 @functools.cache
-def surface_samples(shape: str, n: int = 8192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def surface_samples(
+    shape: str, n: int = 8192, seed: int = 0
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """n points spread uniformly over a world shape's whole surface, and the true unit normals there
     (f32 [n, 3] each): area-weighted samples of a fine marching-cubes mesh of the SDF, projected onto
     the exact surface."""
@@ -65,8 +69,8 @@ def surface_samples(shape: str, n: int = 8192, seed: int = 0) -> tuple[np.ndarra
 
 
 def sample_triangles(
-    vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+    vertices: NDArray[Any], faces: NDArray[Any], n: int, seed: int = 0
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """n area-weighted random points on a triangle mesh (f32 [n, 3]) and their faces' unit normals."""
     tri = np.asarray(vertices, dtype=np.float64)[faces]  # [M, 3, 3]
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -106,7 +110,7 @@ class Truth:
 
 
 @functools.cache
-def shape_cell_occupancy(shape: str, eval_res: int = 64) -> np.ndarray:
+def shape_cell_occupancy(shape: str, eval_res: int = 64) -> NDArray[np.bool_]:
     """bool [R, R, R]: a world shape's exact occupancy at the cell centres (shapes do not depend on colour)."""
     occ = demo_world.occupancy(DemoObject(shape, "red"), cell_centres(eval_res))
     return occ.reshape((eval_res,) * 3).numpy()

@@ -54,7 +54,7 @@ def _wire_type(s: Setting) -> tuple[Any, dict[str, Any]]:
     if tp is str:
         allowed = spec.allowed()
         if allowed is not None:
-            return Literal[allowed], {}  # type: ignore[valid-type]
+            return Literal[allowed], {}
         text: dict[str, Any] = {"max_length": spec.max_chars}
         if spec.min_chars:
             text |= {"min_length": spec.min_chars, "pattern": r"\S"}  # not only whitespace
@@ -63,7 +63,7 @@ def _wire_type(s: Setting) -> tuple[Any, dict[str, Any]]:
         n = len(typing.get_args(tp))
         item = Annotated[float, Field(allow_inf_nan=False, **numbers)]
         # A list, not a tuple: strict validation of the parsed JSON refuses a list where a tuple is declared.
-        return list[item], {"min_length": n, "max_length": n}  # type: ignore[valid-type]
+        return list[item], {"min_length": n, "max_length": n}
     raise TypeError(f"setting {s.key} has no wire type")
 
 
@@ -120,7 +120,7 @@ class JobStatus(BaseModel):
     eta_s: float | None
     error: str | None
     artifacts: list[Literal[ARTIFACTS]]  # type: ignore[valid-type]
-    request: dict
+    request: dict[str, Any]
     created_at: float
     finished_at: float | None
 
@@ -174,5 +174,5 @@ class ApiError(Exception):
         self.message = message
         self.field = field
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -117,7 +117,7 @@ def _uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        return cast(int, s.getsockname()[1])
 
 
 class BackgroundServer:

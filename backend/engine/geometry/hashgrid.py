@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +123,8 @@ class TorchHashGrid(nn.Module):
         """x [N, 3] in [0, 1]^3 -> features [N, L * F] (level-major, as tinycudann)."""
         # NaN would index outside the table; map it to the box's corner (the field zeroes such points anyway).
         xt = torch.nan_to_num(x.detach().to(self.table.dtype), nan=0.0).clamp(0.0, 1.0).t().contiguous()
-        return _HashGridFunction.apply(self.table, xt, self)
+        # torch leaves autograd.Function.apply unannotated.
+        return cast(Tensor, _HashGridFunction.apply(self.table, xt, self))  # type: ignore[no-untyped-call]
 
 
 def _blend_corners(sub: Tensor, rows: Tensor, w: Tensor) -> Tensor:
@@ -139,7 +141,7 @@ def _blend_corners(sub: Tensor, rows: Tensor, w: Tensor) -> Tensor:
 
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, table: Tensor, xt: Tensor, grid: TorchHashGrid) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, table: Tensor, xt: Tensor, grid: TorchHashGrid) -> Tensor:
         levels, saved = [], []
         for level, (_, _, offset, size, _) in enumerate(grid.layout):
             rows, w = grid.level_rows_and_weights(xt, level)  # [8, N]
@@ -150,7 +152,7 @@ class _HashGridFunction(torch.autograd.Function):
         return torch.stack(levels, 1).view(xt.shape[1], grid.cfg.n_output_dims)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
         grid: TorchHashGrid = ctx.grid
         saved = ctx.saved_tensors
         n_feat = grid.cfg.n_features_per_level
@@ -225,11 +227,11 @@ class TcnnHashGrid(nn.Module):
     @property
     def table(self) -> Tensor:
         """The parameters viewed as [entries, F] (a view: writes go to the encoding)."""
-        return self.encoding.params.view(-1, self.cfg.n_features_per_level)
+        return cast(Tensor, self.encoding.params.view(-1, self.cfg.n_features_per_level))
 
     def forward(self, x: Tensor) -> Tensor:
         """x [N, 3] in [0, 1]^3 -> features [N, L * F] float32."""
-        return self.encoding(x.float().clamp(0.0, 1.0)).float()
+        return cast(Tensor, self.encoding(x.float().clamp(0.0, 1.0)).float())
 
 
 def make_hash_grid(cfg: HashGridConfig, device: torch.device | str) -> TorchHashGrid | TcnnHashGrid:

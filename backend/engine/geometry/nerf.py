@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -95,14 +95,14 @@ class RadianceField(Geometry):
 
     def _encode(self, x: Tensor) -> Tensor:
         """World points [N, 3] -> hash features [N, L * F] (positions mapped to [0, 1]^3)."""
-        return self.encoding((x + self.bound) / (2.0 * self.bound))
+        return cast(Tensor, self.encoding((x + self.bound) / (2.0 * self.bound)))
 
     def _inside(self, x: Tensor) -> Tensor:
         return (x.abs() <= self.bound).all(-1)  # [N]
 
     def density_bias(self, x: Tensor) -> Tensor:
         """Magic3D's blob: blob_density * (1 - |x| / blob_radius), [N]."""
-        return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
+        return cast(Tensor, self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius))
 
     def _sigma(self, raw: Tensor, x: Tensor) -> Tensor:
         sigma = F.softplus(raw.squeeze(-1) + self.density_bias(x))

@@ -12,7 +12,7 @@ With `occupancy_resolution` R > 0 an `OccupancyGrid` skips empty space, as nerfa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -106,9 +106,11 @@ class DenseRenderer(Renderer):
             )
             for i in range(0, n_rays, chunk)
         ]
+        rgb, opacity, depth, normal = (
+            torch.cat([getattr(p, k) for p in parts]) for k in ("rgb", "opacity", "depth", "normal")
+        )
         totals = RayTotals(
-            *(torch.cat([getattr(p, k) for p in parts]) for k in ("rgb", "opacity", "depth", "normal")),
-            orientation_sum=sum(p.orientation_sum for p in parts),  # type: ignore[arg-type]
+            rgb, opacity, depth, normal, orientation_sum=cast(Tensor, sum(p.orientation_sum for p in parts))
         )
         return to_images((b, h, w), totals, background)
 

@@ -8,10 +8,11 @@ W_d(t) = sqrt((1 - abar_t) / abar_t), the diffusion model's training weight (opt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from backend.engine.schedules.base import TimestepSchedule, progress, timestep_bounds
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from backend.engine.rules.base import GradientRule
 
 
-def prior_weight(t: np.ndarray, m1: float, m2: float, s1: float, s2: float) -> np.ndarray:
+def prior_weight(t: NDArray[Any], m1: float, m2: float, s1: float, s2: float) -> NDArray[np.float64]:
     """DreamTime W_p(t): a flat top on [m2, m1] with Gaussian shoulders of widths s1 (above), s2 (below)."""
     t = np.asarray(t, dtype=np.float64)
     above = np.exp(-((t - m1) ** 2) / (2 * s1**2))
@@ -29,10 +30,10 @@ def prior_weight(t: np.ndarray, m1: float, m2: float, s1: float, s2: float) -> n
     return np.where(t > m1, above, np.where(t < m2, below, 1.0))
 
 
-def diffusion_weight(alphas_cumprod: np.ndarray) -> np.ndarray:
+def diffusion_weight(alphas_cumprod: NDArray[Any]) -> NDArray[np.float64]:
     """DreamTime W_d(t) = sqrt((1 - abar_t) / abar_t): the diffusion model's training weight."""
     abar = np.asarray(alphas_cumprod, dtype=np.float64)
-    return np.sqrt((1 - abar) / abar)
+    return cast(NDArray[np.float64], np.sqrt((1 - abar) / abar))
 
 
 class TimePrioritizedSchedule(TimestepSchedule):
