@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,10 +100,11 @@ class SDFField(Geometry):
         return self.cfg.beta_min + F.softplus(self.beta_raw)
 
     def _encode(self, x: Tensor) -> Tensor:
-        return self.encoding((x + self.bound) / (2.0 * self.bound))
+        return cast(Tensor, self.encoding((x + self.bound) / (2.0 * self.bound)))
 
     def _sdf_from_features(self, h: Tensor, x: Tensor) -> Tensor:
-        return x.norm(dim=-1) - self.cfg.sphere_radius + self.sdf_mlp(h).squeeze(-1)
+        f = cast(Tensor, self.sdf_mlp(h)).squeeze(-1)
+        return torch.linalg.vector_norm(x, dim=-1) - self.cfg.sphere_radius + f
 
     def sdf(self, x: Tensor) -> Tensor:
         """x [N, 3] world -> signed distance [N] (negative inside)."""
@@ -122,7 +123,7 @@ class SDFField(Geometry):
         return self._sigma(self._sdf_from_features(h, x), x), h
 
     def albedo_from_features(self, features: Tensor) -> Tensor:
-        return torch.sigmoid(self.albedo_mlp(features))
+        return torch.sigmoid(cast(Tensor, self.albedo_mlp(features)))
 
     def albedo(self, x: Tensor) -> Tensor:
         return self.albedo_from_features(self._encode(x))
