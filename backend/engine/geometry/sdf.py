@@ -104,7 +104,8 @@ class SDFField(Geometry):
 
     def _sdf_from_features(self, h: Tensor, x: Tensor) -> Tensor:
         f = cast(Tensor, self.sdf_mlp(h)).squeeze(-1)
-        return torch.linalg.vector_norm(x, dim=-1) - self.cfg.sphere_radius + f
+        distance: Tensor = torch.linalg.vector_norm(x, dim=-1)
+        return distance - self.cfg.sphere_radius + f
 
     def sdf(self, x: Tensor) -> Tensor:
         """x [N, 3] world -> signed distance [N] (negative inside)."""
