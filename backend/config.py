@@ -206,6 +206,7 @@ class GenerationConfig:
     shading_probs: tuple[float, float, float] = setting(
         (0.5, 0.3, 0.2), "probabilities of albedo, lambertian and textureless shading", lo=0.0, hi=1.0
     )
+    ambient: float = setting(0.1, "ambient light of lambertian and textureless shading", lo=0.0, hi=1.0)
     # The demo prior was trained on white backgrounds; "learned" (DreamFusion) suits Stable Diffusion too.
     background: str = setting("white", "what rays that miss the object see", choices=background_kinds)
     samples_per_ray: int = setting(32, "samples per ray of the dense (CPU) renderer", lo=4, hi=1024)

@@ -94,7 +94,7 @@ def bench_one(
     obj = demo_world.parse_prompt(prompt)
     truth = _truth(obj, args.eval_res)
     cfg = run_config(prompt, method, seed, args)
-    supervision = PhotometricTruth(obj) if args.supervision == "truth" else None
+    supervision = PhotometricTruth(obj, ambient=cfg.ambient) if args.supervision == "truth" else None
     start = time.perf_counter()
     run = DistillationRun(cfg, prior, device, supervision=supervision)
     curve: list[dict[str, Any]] = []

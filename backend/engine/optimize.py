@@ -150,7 +150,9 @@ class DistillationRun:
         torch.manual_seed(cfg.seed)
         self.geometry = geometry if geometry is not None else make_geometry(cfg, device)
         self.background = make_background(cfg.background).to(device)
-        self.renderer = make_renderer(cfg.samples_per_ray, device, seed=cfg.seed, bound=self.geometry.bound)
+        self.renderer = make_renderer(
+            cfg.samples_per_ray, device, seed=cfg.seed, bound=self.geometry.bound, ambient=cfg.ambient
+        )
         self.host_rng = torch.Generator().manual_seed(cfg.seed)
         self.device_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         groups = self.geometry.param_groups(cfg) + self.background.param_groups(cfg)

@@ -158,7 +158,9 @@ def export_checkpoint(
         geometry = ckpt.build_geometry(torch_device)
         background = make_background(ckpt.background).to(torch_device)
         background.load_state_dict(ckpt.background_state)
-        renderer = make_renderer(cfg.samples_per_ray, torch_device, seed=cfg.seed, bound=geometry.bound)
+        renderer = make_renderer(
+            cfg.samples_per_ray, torch_device, seed=cfg.seed, bound=geometry.bound, ambient=cfg.ambient
+        )
         preview = preview_png(geometry, background, renderer, cfg)
         exported = export_result(geometry, export.validate(), Path(out_dir), preview, on_phase=on_phase)
     except torch.cuda.OutOfMemoryError as exc:

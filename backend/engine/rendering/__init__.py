@@ -22,8 +22,10 @@ def make_renderer(
     occupancy grid (as nerfacc's, it skips empty space)."""
     device = torch.device(device)
     if device.type == "cuda" and nerfacc_available():
-        return NerfaccRenderer(bound=bound, device=device, seed=seed)
-    return DenseRenderer(samples_per_ray=samples_per_ray, occupancy_resolution=DENSE_OCCUPANCY_RESOLUTION)
+        return NerfaccRenderer(bound=bound, device=device, seed=seed, ambient=ambient)
+    return DenseRenderer(
+        samples_per_ray=samples_per_ray, occupancy_resolution=DENSE_OCCUPANCY_RESOLUTION, ambient=ambient
+    )
 
 
 __all__ = [
