@@ -18,13 +18,14 @@ import torch
 from backend.config import DEFAULT_T_MAX, GenerationConfig
 from backend.engine.background import LearnedBackground, background_color
 from backend.engine.cameras import CameraBatch, camera_rays, orbit_camera, sample_cameras
+from backend.engine.cancellation import call_stoppable, stop_check, stop_inside_autograd
 from backend.engine.export import export_result
 from backend.engine.field import FieldConfig, RadianceField
 from backend.engine.guidance import asd_gradient, score_distillation_loss, sds_gradient
 from backend.engine.prior import Prior, PriorCache, resolve_device
 from backend.engine.renderer import make_renderer, sample_light, sample_shading
 from backend.engine.schedules import make_schedule, timestep_bounds
-from backend.errors import DreamsmithError, GenerationCancelled, NonFiniteLoss
+from backend.errors import DreamsmithError, NonFiniteLoss
 
 PHASES = ("loading model", "optimizing", "extracting mesh", "texturing", "done")
 
@@ -210,9 +211,8 @@ def generate(
         if on_progress is not None:
             on_progress(Progress(phase, step, cfg.steps, elapsed_s=time.perf_counter() - start, **kw))
 
-    def check_stop() -> None:
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled()
+    # Checked between steps and stages, inside long loops and between the operations of a step.
+    check_stop = stop_check(should_stop)
 
     def export_phase(phase: str) -> None:
         check_stop()
@@ -221,14 +221,16 @@ def generate(
     device = resolve_device(cfg.device)
     try:
         report("loading model", 0)
-        prior = (priors or PriorCache()).get(cfg.model, device)
+        cache = priors or PriorCache()
+        prior = call_stoppable(lambda: cache.get(cfg.model, device), check_stop)
         check_stop()
         run = DistillationRun(cfg, prior, device)
         opt_start = time.perf_counter()
         preview: bytes | None = None
         for i in range(cfg.steps):
             check_stop()
-            stats = run.step(i)
+            with stop_inside_autograd(check_stop):
+                stats = run.step(i)
             done = i + 1
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
                 preview = run.preview_png()
@@ -252,6 +254,7 @@ def generate(
             out_dir,
             preview,
             on_phase=export_phase,
+            check=check_stop,
         )
     except torch.cuda.OutOfMemoryError as exc:
         raise DreamsmithError(
