@@ -24,7 +24,8 @@ from starlette.routing import Match
 from backend import __version__
 from backend.config import DEFAULT_METHOD, METHODS, config_from_dict
 from backend.errors import InvalidConfig
-from backend.service.guard import RequestGuard
+from backend.service.datalock import DataDirLock
+from backend.service.guard import RequestGuard, token_problem
 from backend.service.jobs import GenerateFn, JobStore, Worker
 from backend.service.schemas import (
     ARTIFACT_MEDIA_TYPES,
@@ -88,16 +89,28 @@ def create_app(
     allowed_hosts: Iterable[str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     state_interval: float = 1.0,
+    data_lock: DataDirLock | None = None,
 ) -> FastAPI:
     """Build the service for one data directory.
 
     `generate` defaults to the real engine (`backend.engine.pipeline.generate`); tests pass a fake.
     `allowed_hosts` (e.g. `guard.LOOPBACK_HOSTS`) restricts the Host header; None accepts any.
+    The data folder's lock (`datalock.py`) is taken here before any job file is read, unless the caller
+    holds it already (`data_lock`); raises DataDirBusy when another service has the folder.
     """
-    store = JobStore(Path(data_dir))
-    store.load()
-    worker = Worker(store, generate=generate, priors=priors, device=device, state_interval=state_interval)
-    device_name = describe_device(device)
+    if token and (problem := token_problem(token)):
+        raise ValueError(f"the token {problem}")
+    owns_lock = data_lock is None
+    lock = data_lock or DataDirLock(Path(data_dir)).acquire()
+    try:
+        store = JobStore(Path(data_dir))
+        store.load()
+        worker = Worker(store, generate=generate, priors=priors, device=device, state_interval=state_interval)
+        device_name = describe_device(device)
+    except BaseException:
+        if owns_lock:
+            lock.release()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,7 +118,10 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(worker.stop)
+            stopped = await anyio.to_thread.run_sync(worker.stop)
+            # A worker still running a job may still write: keep the folder locked until it ends.
+            if owns_lock and stopped:
+                lock.release()
 
     app = FastAPI(
         title="Dreamsmith backend",

@@ -21,6 +21,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+# RFC 6750's b64token, widened to printable ASCII: HTTP clients disagree on how to encode anything else in a
+# header (curl sends UTF-8, Python's http.client Latin-1 or an error), so such a token would work for some.
+TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be a bearer token (words to follow "the token"), or None when it can."""
+    if not token:
+        return "is empty"
+    bad = sorted({c for c in token if c not in TOKEN_CHARS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:3])
+        return f"may only hold printable ASCII characters without spaces (it has {shown})"
+    return None
 
 
 async def send_error(
@@ -58,7 +72,7 @@ class RequestGuard:
         max_body_bytes: int = 64 * 1024,
     ) -> None:
         self.app = app
-        self.token = token.encode("utf-8") if token else None
+        self.token = token.encode("ascii") if token else None
         self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
 

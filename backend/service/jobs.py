@@ -372,15 +372,18 @@ class Worker:
             self._thread = threading.Thread(target=self._run, name="dreamsmith-worker", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current step; the interrupted job is marked failed, queued jobs stay queued."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the current step; the interrupted job is marked failed, queued jobs stay queued.
+        Returns False when the thread is still running after `timeout` seconds."""
         self._stop.set()
         self.store.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the worker did not stop within %.0f s", timeout)
+                return False
             self._thread = None
+        return True
 
     def _engine(self) -> tuple[GenerateFn, Any]:
         if self._generate is None:
