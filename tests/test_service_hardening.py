@@ -22,7 +22,7 @@ import test_service
 from test_service import FakeEngine, raw_get, stop
 
 from backend.fileio import write_json_atomic
-from backend.service import create_app
+from backend.service import BackgroundServer, create_app
 from backend.service.datalock import DataDirBusy, DataDirLock
 from backend.service.server import free_port
 
@@ -181,3 +181,57 @@ def test_the_addon_client_and_the_service_agree_on_a_punctuated_token(start) -> 
     with pytest.raises(BackendError) as err:
         BackendClient(api.server.url, "pässwort")
     assert "token" in str(err.value) and "ASCII" in str(err.value)
+
+
+# ---- 10. idle and half-sent connections --------------------------------------------------------------------
+
+
+def test_idle_and_half_sent_connections_do_not_starve_the_service(tmp_path) -> None:
+    app = create_app(tmp_path / "d", generate=FakeEngine(), device="cpu", body_timeout_s=1.0)
+    with BackgroundServer(app, max_connections=16, head_timeout_s=1.0) as server:
+        address = ("127.0.0.1", server.port)
+        idle = [socket.create_connection(address) for _ in range(300)]
+        half = [socket.create_connection(address) for _ in range(20)]
+        for s in half:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0")
+        started = time.monotonic()
+        r = httpx.get(server.url + "/v1/health", timeout=30)
+        assert r.status_code == 200 and time.monotonic() - started < 10
+        assert len(server._server.server_state.connections) <= 16 + 1
+
+        # A body that stops half-way gets 408 once its time is up.
+        with socket.create_connection(address, timeout=30) as s:
+            s.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"prompt": '
+            )
+            answer = b""
+            while chunk := s.recv(65536):  # to the end: the service closes the connection after a 408
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer
+
+        # Every idle or half-sent socket has been closed by the service (evicted, or after the head
+        # timeout); reading one gives end of file (or a reset).
+        for s in idle + half:
+            s.settimeout(30)
+            try:
+                while s.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert httpx.get(server.url + "/v1/health", timeout=30).status_code == 200
+
+
+# ---- 11. links, /docs, the documented answers ---------------------------------------------------------------
+
+
+def test_no_page_loads_third_party_code_and_503_is_documented(start) -> None:
+    api = start(FakeEngine())
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = api.client.get(path)
+        assert r.status_code == 404 and "cdn" not in r.text.lower()
+    schema = api.client.get("/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "503" in operation["responses"], (method, path)

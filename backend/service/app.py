@@ -25,7 +25,7 @@ from backend import __version__
 from backend.config import DEFAULT_METHOD, METHODS, config_from_dict
 from backend.errors import InvalidConfig
 from backend.service.datalock import DataDirLock
-from backend.service.guard import RequestGuard, token_problem
+from backend.service.guard import BODY_TIMEOUT_S, RequestGuard, token_problem
 from backend.service.jobs import GenerateFn, JobStore, Worker
 from backend.service.schemas import (
     ARTIFACT_MEDIA_TYPES,
@@ -48,6 +48,7 @@ STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     409: "conflict",
     413: "too_large",
     415: "invalid_request",
@@ -60,13 +61,16 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "malformed JSON",
         401: "missing or wrong token (only when the backend runs with one)",
-        403: "request from a web page or addressed to a non-loopback name",
+        403: "request from a web page or addressed to a name this backend does not listen on",
         404: "no such job or artifact",
+        408: "the request body did not arrive in time (code `timeout`)",
         409: "the job's state does not allow this",
         413: "request body too large",
         422: "invalid request; `field` names the offending field",
+        503: "busy: every connection is in use (code `busy`), or the job could not be saved (code "
+        "`storage_error`); retry later",
     }
-    return {s: {"model": ErrorResponse, "description": descriptions[s]} for s in (401, 403, *statuses)}
+    return {s: {"model": ErrorResponse, "description": descriptions[s]} for s in (401, 403, *statuses, 503)}
 
 
 def describe_device(device: str) -> str:
@@ -88,6 +92,7 @@ def create_app(
     priors: Any = None,
     allowed_hosts: Iterable[str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
     state_interval: float = 1.0,
     data_lock: DataDirLock | None = None,
 ) -> FastAPI:
@@ -128,11 +133,21 @@ def create_app(
         version=__version__,
         summary="Text-to-3D by score distillation: HTTP API v1 used by the Blender add-on.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN: blank offline, and third-party
+        # code in the API's origin. No installed package ships those assets, so only the schema is served.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.store = store
     app.state.worker = worker
     app.state.device_name = device_name
-    app.add_middleware(RequestGuard, token=token, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        token=token,
+        allowed_hosts=allowed_hosts,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+    )
     _add_error_handlers(app)
 
     @app.get("/v1/health", response_model=Health, responses=_errors())
@@ -148,7 +163,7 @@ def create_app(
             "queue": store.queued(),
         }
 
-    @app.post("/v1/jobs", status_code=201, response_model=JobCreated, responses=_errors(400, 413, 422))
+    @app.post("/v1/jobs", status_code=201, response_model=JobCreated, responses=_errors(400, 408, 413, 422))
     def submit_job(request: JobRequest) -> dict[str, Any]:
         """Validate a generation request and queue it; jobs run one at a time, oldest first."""
         data = request.model_dump(mode="json")
@@ -165,12 +180,14 @@ def create_app(
         """State, phase, step, loss, elapsed and ETA, error message and the artifact names available now."""
         return store.status(job_id)
 
-    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 409))
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 408, 409))
     def cancel_job(job_id: str) -> dict[str, Any]:
         """Cancel a queued job now, or a running one at its next optimization step."""
         return store.cancel(job_id)
 
-    @app.delete("/v1/jobs/{job_id}", status_code=204, response_class=Response, responses=_errors(404, 409))
+    @app.delete(
+        "/v1/jobs/{job_id}", status_code=204, response_class=Response, responses=_errors(404, 408, 409)
+    )
     def delete_job(job_id: str) -> Response:
         """Delete a job that is not running, with its files."""
         store.delete(job_id)
@@ -270,7 +287,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal")
-        message = {404: "no such endpoint; see /docs for API v1", 405: "method not allowed here"}.get(
+        message = {404: "no such endpoint; see /openapi.json for API v1", 405: "method not allowed here"}.get(
             exc.status_code, str(exc.detail)
         )
         headers = dict(getattr(exc, "headers", None) or {})

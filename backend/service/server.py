@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from backend.config import DEVICES
+from backend.service.connections import HEAD_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS, protocol_class
 from backend.service.datalock import DataDirBusy, DataDirLock
 from backend.service.guard import LOOPBACK_HOSTS, token_problem
 
@@ -173,7 +174,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
+def _uvicorn_config(
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str = "warning",
+    max_connections: int = MAX_CONNECTIONS,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -183,6 +191,9 @@ def _uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") 
         proxy_headers=False,  # nobody in front of us may rewrite the client address
         server_header=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        # Idle and half-sent connections are closed, and their number is bounded (connections.py).
+        http=protocol_class(max_connections, head_timeout_s),
     )
 
 
@@ -199,14 +210,14 @@ class BackgroundServer:
         httpx.get(server.url + "/v1/health")
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, **limits: Any) -> None:
         self.app = app
         self.host = host
         # Bound before the worker starts (as `serve` does), so a server that cannot listen runs no job.
         self._socket = bind_socket(host, port or 0)
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self._server = uvicorn.Server(_uvicorn_config(app, host, self.port))
+        self._server = uvicorn.Server(_uvicorn_config(app, host, self.port, **limits))
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, name="dreamsmith-http", daemon=True
         )
