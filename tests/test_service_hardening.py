@@ -7,21 +7,26 @@ itself runs as a subprocess where the behaviour is the command line's (exit stat
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 import test_service
-from test_service import FakeEngine, raw_get, stop
+from test_service import FINISHED, TINY_JOB, FakeEngine, raw_get, stop
 
-from backend.fileio import write_json_atomic
+from backend.errors import ModelLoadError
+from backend.fileio import write_bytes_atomic, write_json_atomic
 from backend.service import BackgroundServer, create_app
 from backend.service.datalock import DataDirBusy, DataDirLock
 from backend.service.server import free_port
@@ -183,6 +188,101 @@ def test_the_addon_client_and_the_service_agree_on_a_punctuated_token(start) -> 
     assert "token" in str(err.value) and "ASCII" in str(err.value)
 
 
+# ---- 4. damaged job files ----------------------------------------------------------------------------------
+
+
+def test_damaged_job_files_fail_alone_and_lose_nothing(start, tmp_path) -> None:
+    data = tmp_path / "data"
+    api = start(FakeEngine(), data_dir=data)
+    good = api.submit("good", steps=2)
+    assert api.wait(good)["state"] == "succeeded"
+    mesh = api.client.get(f"/v1/jobs/{good}/mesh.npz").content
+    stop(api)
+
+    jobs = data / "jobs"
+    request = b'{"prompt": "x"}'
+    damaged = {
+        "1" * 32: {"request.json": request, "state.json": b"[]"},
+        "2" * 32: {"request.json": request, "state.json": b'{"state": "succeeded", "step": "abc"}'},
+        "3" * 32: {"request.json": request, "state.json": b'{"state": "exploded"}'},
+        "4" * 32: {"request.json": request, "state.json": b'{"state": "queued", "loss": "NaN"}'},
+        "5" * 32: {"request.json": b"{not json", "state.json": b'{"state": "queued"}'},
+        "6" * 32: {"request.json": b"[1, 2]"},
+        "7" * 32: {},  # a folder and nothing in it
+    }
+    for job_id, files in damaged.items():
+        (jobs / job_id).mkdir()
+        for name, content in files.items():
+            (jobs / job_id / name).write_bytes(content)
+    huge = jobs / ("8" * 32)
+    huge.mkdir()
+    (huge / "request.json").write_bytes(b'{"prompt": "x"}')
+    with open(huge / "state.json", "wb") as f:  # sparse: 2 GiB on paper, nothing on disk
+        f.truncate(2 << 30)
+    # What a killed writer leaves behind in a healthy folder.
+    orphan = jobs / good / ".mesh.glb.x1y2z3.tmp"
+    orphan.write_bytes(b"half a file")
+    before = {p: p.read_bytes() for p in jobs.rglob("*") if p.is_file() and p.stat().st_size < 1 << 20}
+    del before[orphan]
+
+    api = start(FakeEngine(), data_dir=data)
+    r = api.client.get("/v1/jobs")
+    assert r.status_code == 200
+    listed = {j["id"]: j for j in r.json()["jobs"]}
+    assert set(listed) == {good, *damaged, huge.name}
+    for job_id in [*damaged, huge.name]:
+        status = api.status(job_id)
+        assert status["state"] == "failed" and "its record is damaged" in status["error"], status
+        assert str(jobs / job_id) in status["error"]
+    assert "larger than" in api.status(huge.name)["error"]
+    assert "step is not an integer" in api.status("2" * 32)["error"]
+    assert api.client.get(f"/v1/jobs/{good}/mesh.npz").content == mesh
+    assert not orphan.exists()
+    # Nothing was rewritten; a damaged job can be deleted; the queue still runs.
+    assert all(p.read_bytes() == content for p, content in before.items())
+    assert api.client.delete(f"/v1/jobs/{'1' * 32}").status_code == 204 and not (jobs / ("1" * 32)).exists()
+    assert api.wait(api.submit("after", steps=2))["state"] == "succeeded"
+
+
+# ---- 5. full and unwritable disks --------------------------------------------------------------------------
+
+
+class WriteFailsEngine(FakeEngine):
+    """Writes mesh.glb, then the disk is full while writing mesh.npz."""
+
+    def _run(self, cfg, out_dir: Path, on_progress, should_stop):  # noqa: ANN001
+        if cfg.prompt != "disk full":
+            return super()._run(cfg, out_dir, on_progress, should_stop)
+        write_bytes_atomic(out_dir / "mesh.glb", b"glTF half a result")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir / "mesh.npz"))
+
+
+def test_a_write_error_fails_the_job_alone_with_the_path_and_no_partial_files(start, tmp_path) -> None:
+    api = start(WriteFailsEngine())
+    bad = api.submit("disk full", steps=2)
+    good = api.submit("fine", steps=2)
+    failed = api.wait(bad)
+    assert failed["state"] == "failed"
+    assert "No space left on device" in failed["error"] and "mesh.npz" in failed["error"]
+    assert "internal error" not in failed["error"]
+    assert not (tmp_path / "data" / "jobs" / bad / "mesh.glb").exists()
+    assert api.wait(good)["state"] == "succeeded"
+
+
+def test_a_full_data_folder_is_said_before_the_optimization(start, small_disk, fill_disk) -> None:
+    engine = FakeEngine()
+    api = start(engine, data_dir=small_disk / "data")
+    fill_disk(small_disk, 256 << 10)  # room for the job's files, not for a result
+    job = api.submit("a red cube", steps=2)
+    failed = api.wait(job)
+    assert failed["state"] == "failed" and "MiB free" in failed["error"], failed
+    assert engine.calls == []  # refused before the engine ran
+    fill_disk(small_disk, 0)
+    r = api.client.post("/v1/jobs", json={"prompt": "a red cube"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "storage_error"
+    assert api.client.get("/v1/health").status_code == 200
+
+
 # ---- 10. idle and half-sent connections --------------------------------------------------------------------
 
 
@@ -226,6 +326,28 @@ def test_idle_and_half_sent_connections_do_not_starve_the_service(tmp_path) -> N
 # ---- 11. links, /docs, the documented answers ---------------------------------------------------------------
 
 
+def test_no_file_is_served_through_a_link_in_a_job_folder(start, tmp_path) -> None:
+    data = tmp_path / "data"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    api = start(FakeEngine(), data_dir=data)
+    job = api.submit("a red cube", steps=2)
+    assert api.wait(job)["state"] == "succeeded"
+    glb = data / "jobs" / job / "mesh.glb"
+    glb.unlink()
+    glb.symlink_to(secret)
+    r = api.client.get(f"/v1/jobs/{job}/mesh.glb")
+    assert r.status_code == 404 and "private" not in r.text
+    # A whole job folder that is a link is not loaded at all.
+    linked = data / "jobs" / ("f" * 32)
+    linked.symlink_to(data / "jobs" / job)
+    stop(api)
+    api = start(FakeEngine(), data_dir=data)
+    assert [j["id"] for j in api.client.get("/v1/jobs").json()["jobs"]] == [job]
+    assert "mesh.glb" not in api.status(job)["artifacts"]
+    assert api.client.get(f"/v1/jobs/{job}/mesh.glb").status_code == 404
+
+
 def test_no_page_loads_third_party_code_and_503_is_documented(start) -> None:
     api = start(FakeEngine())
     for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
@@ -235,3 +357,122 @@ def test_no_page_loads_third_party_code_and_503_is_documented(start) -> None:
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             assert "503" in operation["responses"], (method, path)
+
+
+# ---- 2. every cancel is honoured --------------------------------------------------------------------------
+
+
+class DeafExportEngine(FakeEngine):
+    """Ignores the stop flag while "extracting mesh" (as one long library call would) until told to go on,
+    then writes its results, or fails, as `outcome` says."""
+
+    def __init__(self, outcome: str = "succeed") -> None:
+        super().__init__()
+        self.outcome = outcome
+        self.in_export = threading.Event()
+        self.go_on = threading.Event()
+
+    def _run(self, cfg, out_dir: Path, on_progress, should_stop):  # noqa: ANN001
+        on_progress(
+            SimpleNamespace(
+                phase="extracting mesh",
+                step=cfg.steps,
+                steps=cfg.steps,
+                t=None,
+                loss=None,
+                eta_s=None,
+                preview_png=None,
+            )
+        )
+        self.in_export.set()
+        assert self.go_on.wait(30)
+        if self.outcome == "fail":
+            raise ModelLoadError("the model folder went away")
+        write_bytes_atomic(out_dir / "mesh.glb", b"glTF")
+        write_bytes_atomic(out_dir / "mesh.npz", b"PK")
+
+
+@pytest.mark.parametrize("outcome", ["succeed", "fail"])
+def test_a_cancel_accepted_while_running_ends_cancelled_whatever_the_engine_does(
+    start, tmp_path, outcome
+) -> None:
+    engine = DeafExportEngine(outcome)
+    api = start(engine)
+    job = api.submit("a red cube", steps=2)
+    assert engine.in_export.wait(30)
+    r = api.client.post(f"/v1/jobs/{job}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "running"
+    engine.go_on.set()
+    final = api.wait(job)
+    assert final["state"] == "cancelled" and final["error"] is None
+    assert final["artifacts"] == [] and not (tmp_path / "data" / "jobs" / job / "mesh.glb").exists()
+
+
+class SlowPriors:
+    """A model that takes a minute to load (a large download): `get` blocks; nothing is ever loaded."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def get(self, model: str | None, device: Any) -> Any:
+        self.release.wait(60)
+        raise ModelLoadError("the download was abandoned")
+
+    def loaded(self) -> list[str]:
+        return []
+
+
+def test_cancel_is_honoured_within_seconds_in_every_phase_of_the_real_engine(
+    start, tiny_pixel_prior, tmp_path
+) -> None:
+    """Model loading (a load that would take a minute), one long training step (384 px), the density grid
+    and marching cubes (512^3), and the UV texture bake: each cancel ends the job `cancelled` within a
+    bound far below what the phase takes (generous: the machine is shared)."""
+    pytest.importorskip("backend.engine.pipeline")
+    bound_s = 15.0
+    priors = SlowPriors()
+    api = start(priors=priors)
+    model = str(tiny_pixel_prior)
+
+    def cancel_when(job: str, ready: Any) -> float:
+        api.wait(job, lambda s: ready(s) or s["state"] in FINISHED, timeout=300)
+        started = time.monotonic()
+        assert api.client.post(f"/v1/jobs/{job}/cancel").status_code == 200
+        final = api.wait(job, timeout=300)
+        took = time.monotonic() - started
+        assert final["state"] == "cancelled", final
+        assert not {"mesh.glb", "mesh.npz", "texture.png"} & set(final["artifacts"])
+        return took
+
+    loading = api.submit("a red cube", **TINY_JOB)
+    took = cancel_when(loading, lambda s: s["phase"] == "loading model")
+    priors.release.set()
+    assert took < bound_s, took
+
+    stop(api)
+    api = start(data_dir=tmp_path / "real")  # the real model cache from here on
+    jobs = {
+        "density grid and marching cubes": (
+            {**TINY_JOB, "model": model, "export": {"mesh_resolution": 512}},
+            lambda s: s["phase"] == "extracting mesh",
+        ),
+        "uv bake": (
+            {
+                **TINY_JOB,
+                "model": model,
+                "export": {"mesh_resolution": 64, "texture": "uv", "texture_size": 4096},
+            },
+            lambda s: s["phase"] == "texturing",
+        ),
+        # A training step at 384 px takes about 40 s on this CPU. The model is loaded by now, so three
+        # seconds into the job its first step is running ("loading model" stays the phase until it ends).
+        "one long step": (
+            {**TINY_JOB, "model": model, "render_size": 384, "steps": 3},
+            lambda s: s["state"] == "running" and s["elapsed_s"] > 3.0,
+        ),
+    }
+    for name, (fields, ready) in jobs.items():
+        took = cancel_when(api.submit("a red cube", **fields), ready)
+        assert took < bound_s, (name, took)
+    after = api.submit("a red cube", **{**TINY_JOB, "model": model})
+    assert api.wait(after, timeout=300)["state"] == "succeeded"

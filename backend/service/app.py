@@ -26,7 +26,7 @@ from backend.config import DEFAULT_METHOD, METHODS, config_from_dict
 from backend.errors import InvalidConfig
 from backend.service.datalock import DataDirLock
 from backend.service.guard import BODY_TIMEOUT_S, RequestGuard, token_problem
-from backend.service.jobs import GenerateFn, JobStore, Worker
+from backend.service.jobs import GenerateFn, JobStore, Worker, open_regular
 from backend.service.schemas import (
     ARTIFACT_MEDIA_TYPES,
     ARTIFACTS,
@@ -182,7 +182,8 @@ def create_app(
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 408, 409))
     def cancel_job(job_id: str) -> dict[str, Any]:
-        """Cancel a queued job now, or a running one at its next optimization step."""
+        """Cancel a queued job now, or a running one within seconds in any phase; it then ends `cancelled`
+        (409 once the job has succeeded or failed)."""
         return store.cancel(job_id)
 
     @app.delete(
@@ -206,9 +207,11 @@ def _add_artifact_route(app: FastAPI, store: JobStore, name: str) -> None:
         if live is not None:
             return Response(live, media_type=media_type, headers=NO_STORE)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by _chunks once sent
+            f = open_regular(path)  # closed by _chunks once sent; never through a link
         except FileNotFoundError:
             raise ApiError(404, "not_found", f"this job has no {name}") from None
+        except OSError as exc:
+            raise ApiError(503, "storage_error", f"could not read the job's {name}: {exc.strerror}") from None
         size = os.fstat(f.fileno()).st_size
         headers = {**NO_STORE, "content-length": str(size)}
         return StreamingResponse(_chunks(f), media_type=media_type, headers=headers)
