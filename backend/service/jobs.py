@@ -2,8 +2,10 @@
 
 Layout: `<data_dir>/jobs/<id>/` holds `request.json` (the validated API request), `state.json` (progress
 and outcome), `preview.png` and the engine's results (`mesh.glb`, `mesh.npz`, `texture.png`). Every file
-is written atomically, so a crash never leaves half a file; on start-up the store reads the folders back:
-finished jobs are served again, queued jobs run, and a job that was running is marked failed.
+is written atomically, so a crash never leaves half a file; on start-up the store reads the folders back
+(the service holds the data folder's lock, `datalock.py`): finished jobs are served again, queued jobs run,
+a job that was running is marked failed, and a folder whose files are damaged is listed as failed and left
+as it is. Temporary files of a killed writer are removed; files are never served through a link.
 
 The in-memory `Job` is the truth the HTTP side reads (under one short lock, never held during I/O);
 `state.json` follows it at phase changes and at most once per `state_interval` while optimizing, so
