@@ -182,6 +182,17 @@ def serve_once(data_dir: Path, port: int) -> subprocess.CompletedProcess:
     )
 
 
+def on_disk(folder: Path, state: str, timeout: float = 10.0) -> bool:
+    """Wait until the job's state.json says `state` (it is written just after the state is set)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((folder / "state.json").read_text())["state"] == state:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def leftovers(folder: Path) -> list[str]:
     """Temporary files and result files in a job folder that did not succeed."""
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
@@ -344,9 +355,19 @@ def cancel_drill(drill: Drill) -> None:
         answer = service.client.post(f"/v1/jobs/{job}/cancel")
         final = service.wait(job, timeout=300)
         took = time.monotonic() - started
+        recorded = on_disk(data / "jobs" / job, final["state"])
         left = leftovers(data / "jobs" / job)
-        ok = answer.status_code == 200 and final["state"] == "cancelled" and not left and took < 15
-        observed = f"in '{phase}': {final['state']}; leftovers {left or 'none'}"
+        ok = (
+            answer.status_code == 200
+            and final["state"] == "cancelled"
+            and recorded
+            and not left
+            and took < 15
+        )
+        observed = (
+            f"in '{phase}': {final['state']} ({'state.json too' if recorded else 'NOT on disk'}); "
+            f"leftovers {left or 'none'}"
+        )
         drill.record("cancel", case, observed, ok, took)
     service.stop()
 
@@ -495,6 +516,7 @@ def disk_drill(drill: Drill) -> None:
                 and "MiB free" in (status["error"] or "")
                 and status["steps"]
                 and status["step"] == 0
+                and on_disk(data / "jobs" / job, "failed")
             )
             drill.record(
                 "disk",
