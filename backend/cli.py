@@ -10,12 +10,19 @@ import argparse
 import json
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from backend import __version__
 from backend.config import DEFAULT_METHOD, GenerationConfig, config_from_dict, with_overrides
-from backend.errors import DreamsmithError, GenerationCancelled, ModelLoadError
+from backend.errors import DreamsmithError, GenerationCancelled, ModelLoadError, OutputError
+from backend.fileio import (
+    check_output_folder,
+    remove_orphan_temporaries,
+    result_bytes_bound,
+    write_bytes_atomic,
+)
 from backend.settings import Setting, settings_of
 
 # What `generate --resume` may change: the rest of a resumed run must stay as it was recorded.
@@ -196,12 +203,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg, resume, init = _generation_config(args)
     except DreamsmithError as exc:
         return _fail(str(exc))
+    out = args.out or (args.resume.parent if args.resume is not None else Path("out") / slug(cfg.prompt))
+    # A file in the way, a read-only or full disk: said now, not after the optimization.
+    export = cfg.export
+    try:
+        check_output_folder(
+            out, result_bytes_bound(export.target_faces, export.texture_size, export.texture == "uv")
+        )
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    remove_orphan_temporaries(out)  # left by a run that was killed while writing
     # Heavy imports (diffusers) only once the arguments are known to be good.
     from tqdm import tqdm
 
     from backend.engine.pipeline import Progress, generate
 
-    out = args.out or (args.resume.parent if args.resume is not None else Path("out") / slug(cfg.prompt))
     # The bar starts with the optimization, so errors while loading the model stay a single line.
     bars: list[Any] = []
 
@@ -240,8 +257,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except GenerationCancelled:
         close()
         return _fail("cancelled")
-    except DreamsmithError as exc:
+    except DreamsmithError as exc:  # OutputError included: the export removed what it had written
         close()
+        remove_orphan_temporaries(out)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -250,6 +268,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         hint = f"; continue with: generate --resume {field}" if field.is_file() else ""
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
+    except OSError as exc:
+        close()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line for the user, the traceback in a file for the report
+        close()
+        print(
+            f"error: internal error ({type(exc).__name__}: {exc}); {_save_traceback(out, exc)}",
+            file=sys.stderr,
+        )
+        return 1
     close()
     print(f"done in {result.seconds:.1f} s: {result.n_vertices} vertices, {result.n_faces} faces")
     for name, path in sorted(result.files.items()):
@@ -279,6 +309,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, path in sorted(result.files.items()):
         print(f"  {name}: {path}")
     return 0
+
+
+def _save_traceback(out: Path, exc: BaseException) -> str:
+    """Write the traceback to out/error.log; what to tell the user about it."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        path = write_bytes_atomic(Path(out) / "error.log", text.encode("utf-8"))
+    except OSError:
+        return "please report it"
+    return f"please report it with {path}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,16 +1,27 @@
-"""Atomic file writes: a reader never sees a half-written request, state, preview or mesh."""
+"""Atomic file writes: a reader never sees a half-written request, state, preview or mesh.
+
+Also the checks made before a long run writes its results: that the output folder takes a file and has
+room for one result (`check_output_folder`), so a full or read-only disk is reported before the hour of
+optimization, not after.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from backend.errors import OutputError
+
+PROBE_NAME = ".dreamsmith-write-test"
+MIB = 1 << 20
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
@@ -38,3 +49,47 @@ def save_npz_atomic(path: Path | str, **arrays: NDArray[Any]) -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return write_bytes_atomic(path, buf.getvalue())
+
+
+def remove_orphan_temporaries(folder: Path | str) -> list[Path]:
+    """Delete the temporary files `write_bytes_atomic` leaves behind when its process is killed mid-write.
+
+    Only for a folder no other process writes into (the service holds its data folder's lock)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def result_bytes_bound(target_faces: int, texture_size: int, uv: bool) -> int:
+    """An upper bound of one result's files: mesh.npz and mesh.glb (about 80 bytes per face: indices,
+    positions, normals, colours or uvs, with vertices split at seams), the texture twice (texture.png and
+    inside the GLB, at most 3 bytes a texel) and a preview."""
+    texture = 2 * 3 * texture_size * texture_size if uv else 0
+    return 80 * target_faces + texture + MIB
+
+
+def check_output_folder(folder: Path | str, need_bytes: int = 0) -> Path:
+    """Create `folder` if needed and check that a file can be written there and that `need_bytes` are free;
+    raises OutputError naming the folder and the reason."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(folder, "a file is in the way of the output folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = write_bytes_atomic(folder / PROBE_NAME, b"dreamsmith")
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise OutputError.from_os_error(folder, exc) from exc
+    if free < need_bytes:
+        raise OutputError(
+            folder,
+            f"only {free / MIB:.1f} MiB free and a result needs up to {need_bytes / MIB:.1f} MiB; "
+            "free some disk space or choose another output folder",
+        )
+    return folder

@@ -1,22 +1,33 @@
 """The HTTP client for the Dreamsmith backend: the only file in the add-on that knows the wire.
 
 Everything that crosses the boundary is plain data (dataclasses below); every failure becomes one
-`BackendError` whose message says what happened and what to do next. Timeouts are short for status
-calls so that a stuck or absent backend never freezes Blender, and longer for result downloads.
+`BackendError` whose message says what happened and what to do next, whatever the server sends:
+
+- each call ends by its deadline (short for status calls, so a stuck or absent backend never freezes
+  Blender; longer for result downloads), however slowly the server answers (`_Deadline`);
+- answers are capped in size (JSON in memory, downloads streamed to a file);
+- every field of an answer is checked for the type the API promises (`_Fields`).
+
 Standard library only (urllib), so the add-on needs nothing installed into Blender's Python.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import ipaddress
 import json
+import math
 import os
 import socket
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +36,14 @@ import numpy as np
 import numpy.typing as npt
 
 DEFAULT_URL = "http://127.0.0.1:8765"
-# Status calls run on Blender's UI thread (one per timer tick): keep them short.
+# Whole-call deadlines. Status calls run on Blender's UI thread (one per timer tick): keep them short.
 STATUS_TIMEOUT_S = 3.0
-# Downloads of results are larger; the timeout applies to each socket read, not to the whole file.
-DOWNLOAD_TIMEOUT_S = 30.0
+# Downloads of results are larger (tens of MiB at the API's largest settings).
+DOWNLOAD_TIMEOUT_S = 120.0
+# What an answer may weigh: a job list of a few thousand jobs is a few MiB; a result file is tens of MiB.
+MAX_JSON_BYTES = 16 << 20
+MAX_DOWNLOAD_BYTES = 1 << 30
+MAX_ERROR_BYTES = 64 << 10
 
 TEXTURE_MODES = ("vertex", "uv")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -70,6 +85,75 @@ class BackendError(Exception):
         return self.message
 
 
+class _Fields:
+    """Reads an answer's fields with the types the API promises; anything else is a BackendError (a raw
+    ValueError or TypeError would escape the callers, which handle BackendError only)."""
+
+    def __init__(self, data: object, what: str) -> None:
+        if not isinstance(data, dict):
+            raise _malformed(what, "it is not a JSON object")
+        self.data: dict[str, Any] = data
+        self.what = what
+
+    def _get(self, key: str, default: object) -> object:
+        value = self.data.get(key, default)
+        return default if value is None else value
+
+    def _wrong(self, key: str, kind: str) -> BackendError:
+        return _malformed(self.what, f"'{key}' is not {kind}")
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self._wrong(key, "a text")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        return None if self.data.get(key) is None else self.text(key)
+
+    def integer(self, key: str, default: int = 0) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._wrong(key, "an integer")
+        return value
+
+    def optional_integer(self, key: str) -> int | None:
+        return None if self.data.get(key) is None else self.integer(key)
+
+    def number(self, key: str, default: float = 0.0) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self._wrong(key, "a finite number")
+        return float(value)
+
+    def optional_number(self, key: str) -> float | None:
+        return None if self.data.get(key) is None else self.number(key)
+
+    def texts(self, key: str) -> list[str]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong(key, "a list of texts")
+        return list(value)
+
+    def objects(self, key: str) -> list[dict[str, Any]]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._wrong(key, "a list of objects")
+        return list(value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._get(key, {})
+        if not isinstance(value, dict):
+            raise self._wrong(key, "an object")
+        return value
+
+
+def _malformed(what: str, problem: str) -> BackendError:
+    return BackendError(
+        f"The backend sent a malformed {what} ({problem}); is it a Dreamsmith backend of this add-on's version?"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Plain data crossing the boundary
 
@@ -81,6 +165,11 @@ class MethodChoice:
     name: str
     title: str
     description: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MethodChoice:
+        fields = _Fields(data, "method description")
+        return cls(fields.text("name"), fields.text("title"), fields.text("description"))
 
 
 @dataclass
@@ -95,21 +184,18 @@ class Health:
     queue: int
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Health:
-        models = data.get("models") or {}
+    def from_json(cls, data: object) -> Health:
+        fields = _Fields(data, "health answer")
+        models = _Fields(fields.mapping("models"), "health answer's models")
         return cls(
-            version=str(data.get("version", "?")),
-            device=str(data.get("device", "?")),
-            methods=[str(m) for m in data.get("methods", [])],
-            method_details=[
-                MethodChoice(str(m.get("name", "")), str(m.get("title", "")), str(m.get("description", "")))
-                for m in data.get("method_details") or []
-                if isinstance(m, dict) and m.get("name")
-            ],
-            default_method=str(data.get("default_method", "")),
-            default_model=str(models.get("default", "")),
-            loaded_models=[str(m) for m in models.get("loaded", [])],
-            queue=int(data.get("queue", 0)),
+            version=fields.text("version", "?"),
+            device=fields.text("device", "?"),
+            methods=fields.texts("methods"),
+            method_details=[MethodChoice.from_json(m) for m in fields.objects("method_details")],
+            default_method=fields.text("default_method"),
+            default_model=models.text("default"),
+            loaded_models=models.texts("loaded"),
+            queue=fields.integer("queue"),
         )
 
     def summary(self) -> str:
@@ -134,26 +220,30 @@ class JobStatus:
     finished_at: float | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobStatus:
+    def from_json(cls, data: object) -> JobStatus:
         if not isinstance(data, dict) or "id" not in data or "state" not in data:
             raise BackendError(
                 "The backend sent a job status without an id or state; is it a Dreamsmith backend?"
             )
+        fields = _Fields(data, "job status")
+        state = fields.text("state")
+        if state not in JOB_STATES:
+            raise _malformed("job status", f"unknown state {state[:40]!r}")
         return cls(
-            id=str(data["id"]),
-            state=str(data["state"]),
-            phase=data.get("phase"),
-            step=int(data.get("step") or 0),
-            steps=int(data.get("steps") or 0),
-            t=data.get("t"),
-            loss=data.get("loss"),
-            elapsed_s=float(data.get("elapsed_s") or 0.0),
-            eta_s=data.get("eta_s"),
-            error=data.get("error"),
-            artifacts=[str(a) for a in data.get("artifacts") or []],
-            request=dict(data.get("request") or {}),
-            created_at=float(data.get("created_at") or 0.0),
-            finished_at=data.get("finished_at"),
+            id=fields.text("id"),
+            state=state,
+            phase=fields.optional_text("phase"),
+            step=fields.integer("step"),
+            steps=fields.integer("steps"),
+            t=fields.optional_integer("t"),
+            loss=fields.optional_number("loss"),
+            elapsed_s=fields.number("elapsed_s"),
+            eta_s=fields.optional_number("eta_s"),
+            error=fields.optional_text("error"),
+            artifacts=fields.texts("artifacts"),
+            request=fields.mapping("request"),
+            created_at=fields.number("created_at"),
+            finished_at=fields.optional_number("finished_at"),
         )
 
     @property
@@ -353,8 +443,95 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def token_problem(token: str) -> str | None:
+    """Why the backend would refuse `token` (words following "the token"), or None. The backend accepts
+    printable ASCII without spaces only: clients disagree on how to send anything else in a header."""
+    bad = sorted({c for c in token if not 0x21 <= ord(c) <= 0x7E})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:3])
+        return f"may only hold printable ASCII characters without spaces (it has {shown})"
+    return None
+
+
+class _Deadline:
+    """The end of one call, whatever phase it is in. Each socket operation waits at most until then, and
+    a read still blocked when it passes is ended by shutting the socket down: a server that drips one
+    byte a second would otherwise hold a call for as long as it likes, every read within its timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.001, self.end - time.monotonic())
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self._shut()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTPConnection, deadline=self._deadline), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_WatchedHTTPSConnection, deadline=self._deadline)
+        return self.do_open(connection, req)  # the default TLS context: certificates are verified
+
+
 class BackendClient:
-    """Blocking JSON calls to HTTP API v1; each call is bounded by a timeout and raises only BackendError."""
+    """Blocking JSON calls to HTTP API v1; each call ends by its deadline and raises only BackendError."""
 
     def __init__(
         self,
@@ -367,17 +544,15 @@ class BackendClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BackendError(f"The backend URL {url!r} is not valid: use e.g. {DEFAULT_URL}")
+        token = token.strip()
+        if problem := token_problem(token):
+            raise BackendError(f"The token in the add-on preferences {problem}; use the backend's token.")
         self.url = url
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.token = token.strip()
+        self.token = token
         self.timeout = timeout
         self.download_timeout = download_timeout
-        # A proxy configured for the web must not intercept calls to a backend on this machine.
-        handlers: list[urllib.request.BaseHandler] = []
-        if _is_loopback(self.host):
-            handlers.append(urllib.request.ProxyHandler({}))
-        self._opener = urllib.request.build_opener(*handlers)
 
     @property
     def is_local(self) -> bool:
@@ -398,50 +573,100 @@ class BackendClient:
         return JobStatus.from_json(self._json("GET", f"/v1/jobs/{_quote(job_id)}"))
 
     def jobs(self) -> list[JobStatus]:
-        return [JobStatus.from_json(j) for j in self._json("GET", "/v1/jobs").get("jobs", [])]
+        listed = self._json("GET", "/v1/jobs").get("jobs", [])
+        if not isinstance(listed, list):
+            raise _malformed("job list", "'jobs' is not a list")
+        return [JobStatus.from_json(j) for j in listed]
 
     def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.from_json(self._json("POST", f"/v1/jobs/{_quote(job_id)}/cancel", {}))
 
     def delete(self, job_id: str) -> None:
-        self._request("DELETE", f"/v1/jobs/{_quote(job_id)}", None, self.timeout).close()
+        with self._call(self.timeout) as deadline:
+            self._request("DELETE", f"/v1/jobs/{_quote(job_id)}", None, deadline).close()
 
     def download(self, job_id: str, name: str, dest: Path | str, *, quick: bool = False) -> Path:
         """Fetch an artifact (`mesh.npz`, `texture.png`, ...) into `dest`, replacing it atomically.
 
-        `quick` uses the status timeout: for small files fetched from a UI timer (previews).
+        Streamed to the file, at most MAX_DOWNLOAD_BYTES; `quick` uses the status deadline: for small
+        files fetched from a UI timer (previews).
         """
         if name not in ARTIFACTS:
             raise ValueError(f"unknown artifact {name!r}")
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        timeout = self.timeout if quick else self.download_timeout
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        path = f"/v1/jobs/{_quote(job_id)}/{name}"
         try:
-            with os.fdopen(fd, "wb") as out:
-                response = self._request("GET", f"/v1/jobs/{_quote(job_id)}/{name}", None, timeout)
-                with response:
-                    while chunk := self._read(response, 1 << 20, timeout):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        except OSError as exc:
+            raise _save_error(dest, exc) from None
+        try:
+            with (
+                os.fdopen(fd, "wb") as out,
+                self._call(self.timeout if quick else self.download_timeout) as deadline,
+                self._request("GET", path, None, deadline) as response,
+            ):
+                self._check_length(response, MAX_DOWNLOAD_BYTES, path)
+                received = 0
+                while chunk := self._read(response, 1 << 20, deadline):
+                    received += len(chunk)
+                    if received > MAX_DOWNLOAD_BYTES:
+                        raise self._too_large(path, MAX_DOWNLOAD_BYTES)
+                    try:
                         out.write(chunk)
+                    except OSError as exc:
+                        raise _save_error(dest, exc) from None
+                if deadline.expired:
+                    raise self._timed_out(deadline)
             os.replace(tmp, dest)
+        except OSError as exc:  # closing or renaming the file
+            Path(tmp).unlink(missing_ok=True)
+            raise _save_error(dest, exc) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return dest
 
     # -- plumbing --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _call(self, seconds: float) -> Iterator[_Deadline]:
+        deadline = _Deadline(seconds)
+        try:
+            yield deadline
+        finally:
+            deadline.cancel()
+
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        with self._request(method, path, body, self.timeout) as response:
-            raw = self._read(response, -1, self.timeout)
+        with self._call(self.timeout) as deadline, self._request(method, path, body, deadline) as response:
+            self._check_length(response, MAX_JSON_BYTES, path)
+            chunks: list[bytes] = []
+            received = 0
+            while chunk := self._read(response, 1 << 16, deadline):
+                received += len(chunk)
+                if received > MAX_JSON_BYTES:
+                    raise self._too_large(path, MAX_JSON_BYTES)
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+        if deadline.expired:  # the answer was cut off at the deadline
+            raise self._timed_out(deadline)
         try:
             data = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._not_ours(exc) from exc
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise self._not_ours(exc) from None
         if not isinstance(data, dict):
             raise BackendError(f"The server at {self.url} sent an unexpected answer to {method} {path}.")
         return data
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+    def _opener(self, deadline: _Deadline) -> urllib.request.OpenerDirector:
+        handlers: list[urllib.request.BaseHandler] = [
+            _WatchedHTTPHandler(deadline),
+            _WatchedHTTPSHandler(deadline),
+        ]
+        if self.is_local:  # a proxy configured for the web must not intercept calls to this machine
+            handlers.append(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener(*handlers)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, deadline: _Deadline) -> Any:
         headers = {"Accept": "application/json"}
         payload = None
         if body is not None:
@@ -451,23 +676,39 @@ class BackendClient:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=payload, headers=headers, method=method)
         try:
-            return self._opener.open(req, timeout=timeout)
+            return self._opener(deadline).open(req, timeout=deadline.remaining())
         except urllib.error.HTTPError as exc:
-            raise self._http_error(exc, method, path) from None
+            raise self._http_error(exc, method, path, deadline) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise self._connection_error(exc, timeout) from None
+            raise self._connection_error(exc, deadline) from None
         except http.client.HTTPException as exc:
-            raise self._not_ours(exc) from None
+            raise self._failure(exc, deadline) from None
         except ValueError as exc:  # e.g. a malformed URL that urlsplit still accepted
             raise BackendError(f"The backend URL {self.url!r} is not valid ({exc}).") from None
 
-    def _read(self, response: Any, size: int, timeout: float) -> bytes:
+    def _read(self, response: Any, size: int, deadline: _Deadline) -> bytes:
         try:
             return bytes(response.read(size))
         except (OSError, urllib.error.URLError) as exc:
-            raise self._connection_error(exc, timeout) from None
-        except http.client.HTTPException as exc:
-            raise self._not_ours(exc) from None
+            raise self._connection_error(exc, deadline) from None
+        except (http.client.HTTPException, ValueError) as exc:
+            raise self._failure(exc, deadline) from None
+
+    def _check_length(self, response: Any, limit: int, path: str) -> None:
+        declared = str(response.headers.get("Content-Length") or "")
+        if declared.isdigit() and int(declared) > limit:
+            raise self._too_large(path, limit)
+
+    def _too_large(self, path: str, limit: int) -> BackendError:
+        return BackendError(
+            f"The server at {self.url} sent more than {limit >> 20} MiB for {path}; is it a Dreamsmith "
+            "backend? Check the backend URL in the add-on preferences."
+        )
+
+    def _failure(self, exc: BaseException, deadline: _Deadline) -> BackendError:
+        if deadline.expired:
+            return self._timed_out(deadline)
+        return self._not_ours(exc)
 
     def _not_ours(self, exc: BaseException) -> BackendError:
         return BackendError(
@@ -475,26 +716,37 @@ class BackendClient:
             "another program using that port? Check the backend URL in the add-on preferences."
         )
 
-    def _connection_error(self, exc: BaseException, timeout: float) -> BackendError:
+    def _timed_out(self, deadline: _Deadline) -> BackendError:
+        return BackendError(
+            f"The Dreamsmith backend at {self.url} did not answer within {deadline.seconds:g} s; it may be "
+            "busy or stuck. Try again, or restart it from the add-on preferences."
+        )
+
+    def _connection_error(self, exc: BaseException, deadline: _Deadline) -> BackendError:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            return BackendError(
-                f"The Dreamsmith backend at {self.url} did not answer within {timeout:g} s; it may be busy "
-                "or stuck. Try again, or restart it from the add-on preferences."
-            )
+        if deadline.expired or isinstance(reason, (socket.timeout, TimeoutError)):
+            return self._timed_out(deadline)
         return BackendError(
             f"Dreamsmith backend is not reachable at {self.url}: {START_HINT}", unreachable=True
         )
 
-    def _http_error(self, exc: urllib.error.HTTPError, method: str, path: str) -> BackendError:
+    def _http_error(
+        self, exc: urllib.error.HTTPError, method: str, path: str, deadline: _Deadline
+    ) -> BackendError:
         code = field_name = None
         message = ""
         try:
-            raw = exc.read()
+            raw = exc.read(MAX_ERROR_BYTES)
             err = json.loads(raw.decode("utf-8")).get("error", {})
             code, message, field_name = err.get("code"), str(err.get("message", "")), err.get("field")
         except Exception:  # a body that is not our JSON error: fall back to the HTTP reason
-            message = str(exc.reason)
+            message = "" if deadline.expired else str(exc.reason)
+        finally:
+            exc.close()
+        if not isinstance(code, str):
+            code = None
+        if not isinstance(field_name, str):
+            field_name = None
         status = exc.code
         if status == 401:
             text = (
@@ -515,6 +767,10 @@ class BackendClient:
         else:
             text = f"The backend failed on {method} {path} (HTTP {status}): {message or 'no details'}."
         return BackendError(text, status=status, code=code, field=field_name)
+
+
+def _save_error(dest: Path, exc: OSError) -> BackendError:
+    return BackendError(f"Could not save the download to {dest}: {exc.strerror or exc}; check the disk.")
 
 
 def _quote(part: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Before torch loads: OpenMP's busy-waiting threads slow torch down many times over on a shared CPU.
@@ -51,3 +53,62 @@ def tiny_pixel_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny_pixel")
     make_tiny_prior(path, pixel=True, seed=0)
     return path
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    """Mount a small tmpfs at `path` (Linux, as root); False where that is not allowed."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder that nobody can write into, root included: a read-only tmpfs where one can be
+    mounted, else (not root) a folder without write permission."""
+    path = tmp_path / "read-only"
+    if _mount_tmpfs(path, "ro,size=1m"):
+        yield path
+        _unmount(path)
+    elif os.geteuid() != 0:
+        path.mkdir()
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+    else:
+        pytest.skip("cannot make a read-only folder here (root, and no tmpfs mount)")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder on its own 2 MiB file system (a tmpfs); tests fill it to the level they need."""
+    path = tmp_path / "small-disk"
+    if not _mount_tmpfs(path, "size=2m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root on Linux)")
+    yield path
+    _unmount(path)
+
+
+def _fill_disk(folder: Path, leave_bytes: int = 0) -> None:
+    """Fill the file system of `folder` until at most `leave_bytes` are free."""
+    import shutil
+
+    with open(folder / "filler", "wb") as f:
+        try:
+            while (free := shutil.disk_usage(folder).free) > leave_bytes:
+                f.write(b"\0" * min(65536, max(4096, free - leave_bytes)))
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path, int], None]:
+    """fill_disk(folder, leave_bytes): fill the file system of `folder` (e.g. a `small_disk`)."""
+    return _fill_disk

@@ -4,6 +4,7 @@ run polls, fetches previews, downloads and imports, or cancels, one short call p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from backend.config import config_from_dict
+from blender_addon import client as client_module
 from blender_addon.client import (
     BackendClient,
     BackendError,
@@ -304,3 +306,161 @@ def test_a_busy_backend_is_retried_but_a_dead_or_refusing_one_ends_the_run(tmp_p
     )  # type: ignore[arg-type]
     run.start()
     assert run.tick() is True and run.outcome == "failed"
+
+
+# ---- answers that are slow, huge or malformed: still one BackendError, in bounded time and memory ----------
+
+
+class RawServer:
+    """A loopback server that answers every connection with `script(conn)`, for answers no HTTP library
+    would send: dripped a byte at a time, endless, or lying about their size."""
+
+    def __init__(self, script: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.script = script
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)  # the request
+            with contextlib.suppress(OSError):  # the client gave up
+                self.script(conn)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+def drip(data: bytes, stop: threading.Event) -> Callable[[socket.socket], None]:
+    def script(conn: socket.socket) -> None:
+        for i in range(len(data)):
+            if stop.is_set():
+                return
+            conn.sendall(data[i : i + 1])
+            time.sleep(0.2)
+
+    return script
+
+
+HEALTH = json.dumps(
+    {"status": "ok", "version": "1", "device": "cpu", "methods": [], "default_method": "tp-sds",
+     "models": {"default": "demo", "loaded": []}, "queue": 0}
+).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_server_that_drips_its_answer_is_given_up_at_the_deadline(part: str) -> None:
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(HEALTH)}\r\n\r\n".encode()
+    )
+    stop = threading.Event()
+    if part == "head":
+        script = drip(head + HEALTH, stop)
+    else:
+        dripping = drip(HEALTH, stop)
+
+        def script(conn: socket.socket) -> None:
+            conn.sendall(head)
+            dripping(conn)
+
+    server = RawServer(script)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="did not answer within 1 s"):
+            BackendClient(server.url, timeout=1.0).health()
+        assert (
+            time.monotonic() - started < 5.0
+        )  # each byte came within the timeout: a per-read bound waits on
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_answers_too_large_to_hold_are_refused_without_reading_them(tmp_path: Path, monkeypatch) -> None:
+    def declares_300_mb(conn: socket.socket) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 300000000\r\n\r\n{"
+        )
+        time.sleep(5)
+
+    def streams_without_end(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n[")
+        for _ in range(1000):
+            conn.sendall(b"0," * 32768)
+
+    for script in (declares_300_mb, streams_without_end):
+        server = RawServer(script)
+        try:
+            with pytest.raises(BackendError, match="sent more than 16 MiB"):
+                BackendClient(server.url, timeout=20.0).health()
+            monkeypatch.setattr(client_module, "MAX_DOWNLOAD_BYTES", 1 << 20)
+            dest = tmp_path / "mesh.npz"
+            with pytest.raises(BackendError, match="sent more than 1 MiB"):
+                BackendClient(server.url, download_timeout=20.0).download("j1", "mesh.npz", dest)
+            assert list(tmp_path.iterdir()) == []  # no file, no partial file
+        finally:
+            server.close()
+
+
+GOOD_STATUS = {"id": "j1", "state": "running", "step": 1, "steps": 10, "artifacts": [], "request": {}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/health", {**json.loads(HEALTH), "queue": "3"}),
+        ("/v1/health", {**json.loads(HEALTH), "models": ["demo"]}),
+        ("/v1/health", {**json.loads(HEALTH), "methods": "tp-sds"}),
+        ("/v1/health", {**json.loads(HEALTH), "version": 1}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "step": "abc"}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "step": True}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "elapsed_s": [1]}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "loss": "low"}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "artifacts": "mesh.npz"}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "request": []}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "state": "exploded"}),
+        ("/v1/jobs/j1", {**GOOD_STATUS, "id": 7}),
+        ("/v1/jobs", {"jobs": {"j1": GOOD_STATUS}}),
+        ("/v1/jobs", {"jobs": [{**GOOD_STATUS, "eta_s": {}}]}),
+    ],
+)
+def test_answers_with_wrong_field_types_are_a_backend_error(fake_server, path: str, body: Any) -> None:
+    url, routes, _seen = fake_server
+    routes[f"GET {path}"] = json_route(200, body)
+    client = BackendClient(url)
+    call = {"/v1/health": client.health, "/v1/jobs/j1": lambda: client.job("j1"), "/v1/jobs": client.jobs}[
+        path
+    ]
+    with pytest.raises(BackendError, match="malformed"):
+        call()
+
+
+def test_a_run_fed_a_malformed_status_ends_with_a_message(fake_server, tmp_path: Path) -> None:
+    url, routes, _seen = fake_server
+    routes["POST /v1/jobs"] = json_route(201, {"id": "j1", "state": "queued"})
+    routes["GET /v1/jobs/j1"] = json_route(200, {**GOOD_STATUS, "step": "abc"})
+    run = GenerationRun(BackendClient(url), GenerationRequest(prompt="x"), tmp_path, print)
+    run.retry_grace_s = 0.2
+    run_blocking(run, poll_interval_s=0.01)
+    assert run.outcome == "failed" and "malformed job status" in (run.error or "")
+
+
+def test_a_token_the_backend_would_refuse_is_said_before_any_call() -> None:
+    with pytest.raises(BackendError) as err:
+        BackendClient(f"http://127.0.0.1:{free_port()}", token="pässwort")
+    assert "token" in str(err.value) and "ASCII" in str(err.value)
+    assert (
+        BackendClient(f"http://127.0.0.1:{free_port()}", token="  a-b_c.d~e+f/g=  ").token == "a-b_c.d~e+f/g="
+    )

@@ -263,3 +263,40 @@ def test_cli_export_resume_and_set(tiny_pixel_prior, tmp_path):
         proc = run_cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only", "full"])
+def test_cli_output_folder_problems_are_one_line_before_the_optimization(where, tmp_path, request):
+    """An --out that cannot take the result is said at once, in one line naming it (exit 1)."""
+    if where == "a file":
+        out = tmp_path / "out"
+        out.write_text("not a folder")
+    elif where == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        out = tmp_path / "file" / "out"
+    elif where == "read-only":
+        out = request.getfixturevalue("read_only_dir") / "out"
+    else:
+        disk = request.getfixturevalue("small_disk")
+        request.getfixturevalue("fill_disk")(disk, 512 << 10)
+        out = disk / "out"
+    proc = run_cli("generate", "a red cube", "--steps", "2", "--out", str(out))
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(out) in lines[0]
+    assert "optimizing" not in proc.stderr + proc.stdout  # nothing was optimized first
+    assert not out.is_dir() or not [p for p in out.iterdir() if p.name != "filler"]
+
+
+def test_cli_cleans_up_what_a_killed_run_left_in_its_folder(tiny_pixel_prior, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan = out / ".mesh.glb.abc123.tmp"
+    orphan.write_bytes(b"half of a mesh")
+    proc = run_cli(
+        "generate", "a red cube", "--model", str(tiny_pixel_prior), "--steps", "1",
+        "--render-size", "16", "--mesh-resolution", "16", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert not orphan.exists() and (out / "mesh.glb").is_file()

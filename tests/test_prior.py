@@ -110,7 +110,19 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "model"
     with pytest.raises(ModelLoadError) as exc:
         load_prior(str(missing), CPU)
-    _assert_readable(exc, str(missing), "does not exist")
+    _assert_readable(exc, str(missing), "not a diffusers model folder", "existing folder")
+
+
+def test_paths_that_are_not_models_all_get_the_same_message(tmp_path: Path) -> None:
+    """The service passes model paths from HTTP clients: the answer must not tell them which paths exist."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    messages = set()
+    for path in (tmp_path / "missing", tmp_path / "a-file", tmp_path / "a-folder", tmp_path / "a-file" / "x"):
+        with pytest.raises(ModelLoadError) as exc:
+            load_prior(str(path), CPU)
+        messages.add(str(exc.value).replace(str(path), "PATH"))
+    assert len(messages) == 1, messages
 
 
 def test_folder_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
@@ -215,3 +227,86 @@ def test_a_model_folder_may_recommend_t_max(tiny_pixel_prior: Path, tmp_path: Pa
         with pytest.raises(ModelLoadError) as exc:
             load_prior(str(folder), CPU)
         _assert_readable(exc, "dreamsmith.json")
+
+
+def _unet_weight(prior: Prior) -> torch.Tensor:
+    return next(prior.unet.parameters()).detach().flatten()[:8].clone()
+
+
+def test_a_model_replaced_in_its_folder_is_loaded_again(tmp_path: Path) -> None:
+    """The cache knows a model by its files, not its path: new weights in the folder are new weights."""
+    folder = tmp_path / "model"
+    make_tiny_prior(folder, pixel=True, seed=0)
+    cache = PriorCache()
+    first = cache.get(str(folder), CPU)
+    assert cache.get(str(folder), CPU) is first
+    shutil.rmtree(folder)
+    make_tiny_prior(folder, pixel=True, seed=1)
+    second = cache.get(str(folder), CPU)
+    assert second is not first and not torch.equal(_unet_weight(first), _unet_weight(second))
+    assert cache.loaded() == [str(folder)]  # the old weights are not kept beside the new ones
+
+
+def test_a_failed_load_is_tried_again_once_the_model_is_fixed(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pixel_prior, folder)
+    cache = PriorCache()
+    good = cache.get(str(folder), CPU)
+    weights = next((folder / "unet").glob("*.safetensors"))
+    original = weights.read_bytes()
+    weights.write_bytes(b"broken")
+    for _ in range(2):  # broken: fails (and is not served from the cache), every time
+        with pytest.raises(ModelLoadError):
+            cache.get(str(folder), CPU)
+    weights.write_bytes(original)
+    fixed = cache.get(str(folder), CPU)
+    assert fixed is not good and torch.equal(_unet_weight(fixed), _unet_weight(good))
+
+
+@pytest.mark.parametrize(
+    ("index", "needle"),
+    [
+        ("[]", "not a JSON object"),
+        ('"a string"', "not a JSON object"),
+        ('{"unet": 5}', "'unet'"),
+        ('{"unet": ["diffusers"]}', "'unet'"),
+        ("{broken", "unreadable"),
+        ("\xff\xfe", "unreadable"),
+    ],
+)
+def test_a_malformed_model_index_is_a_clear_error(index: str, needle: str, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_bytes(
+        index.encode("latin-1").decode("unicode_escape").encode("latin-1")
+    )
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(folder), CPU)
+    _assert_readable(exc, "model_index.json", needle)
+
+
+def test_huge_model_metadata_is_refused_unread(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    import resource
+    import time
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pixel_prior, folder)
+    index = folder / "model_index.json"
+    index.write_bytes(index.read_bytes() + b" " * 16)
+    with open(index, "r+b") as f:  # 1 GiB of trailing spaces on paper (sparse), valid JSON if read whole
+        f.truncate(1 << 30)
+    config = folder / "unet" / "config.json"
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(folder), CPU)
+    _assert_readable(exc, "model_index.json", "too large")
+    assert time.monotonic() - started < 10
+    shutil.copy(tiny_pixel_prior / "model_index.json", index)
+    with open(config, "r+b") as f:
+        f.truncate(256 << 20)
+    with pytest.raises(ModelLoadError) as exc:
+        load_prior(str(folder), CPU)
+    _assert_readable(exc, "config.json", "too large")
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown_kib < 200 * 1024, grown_kib  # neither file was read into memory

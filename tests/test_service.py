@@ -56,7 +56,7 @@ class FakeEngine:
         self.started = threading.Event()
         self.lock = threading.Lock()
 
-    def __call__(self, cfg, out_dir, on_progress=None, should_stop=None, priors=None):  # noqa: ANN001
+    def __call__(self, cfg, out_dir, on_progress=None, should_stop=None, priors=None, **engine_options):  # noqa: ANN001
         with self.lock:
             self.calls.append(cfg.prompt)
             self.running += 1

@@ -27,7 +27,7 @@ EXAMPLES = 50
 CASES: dict[str, int] = {}
 
 
-def instant_engine(cfg, out_dir, on_progress=None, should_stop=None, priors=None):  # noqa: ANN001
+def instant_engine(cfg, out_dir, on_progress=None, should_stop=None, priors=None, **options):  # noqa: ANN001
     out = Path(out_dir)
     write_bytes_atomic(out / "mesh.glb", b"glTF")
     write_bytes_atomic(out / "mesh.npz", b"PK")

@@ -16,6 +16,7 @@ import torch
 
 from backend.config import ExportConfig, GenerationConfig, config_from_dict
 from backend.engine.background import make_background
+from backend.engine.cancellation import call_stoppable, stop_check, stop_inside_autograd
 from backend.engine.checkpoint import FILENAME, FieldCheckpoint, save_checkpoint
 from backend.engine.export import export_result
 from backend.engine.optimize import DistillationRun, preview_png
@@ -84,9 +85,8 @@ def generate(
         if on_progress is not None:
             on_progress(Progress(phase, step, cfg.steps, elapsed_s=time.perf_counter() - start, **kw))  # type: ignore[arg-type]
 
-    def check_stop() -> None:
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled()
+    # Checked between steps and stages, inside long loops and between the operations of a step.
+    check_stop = stop_check(should_stop)
 
     def export_phase(phase: str) -> None:
         check_stop()
@@ -96,7 +96,8 @@ def generate(
     run: DistillationRun | None = None
     try:
         report("loading model", 0)
-        prior = (priors or PriorCache()).get(cfg.model, device)
+        cache = priors or PriorCache()
+        prior = call_stoppable(lambda: cache.get(cfg.model, device), check_stop)
         check_stop()
         geometry = init_field.build_geometry(device).train() if init_field is not None else None
         run = DistillationRun(cfg, prior, device, geometry=geometry)
@@ -106,7 +107,8 @@ def generate(
         preview: bytes | None = None
         for i in range(run.steps_done, cfg.steps):
             check_stop()
-            stats = run.step(i)
+            with stop_inside_autograd(check_stop):
+                stats = run.step(i)
             done = i + 1
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
                 preview = run.preview_png()
@@ -127,7 +129,9 @@ def generate(
         files = {FILENAME: save_checkpoint(out_dir / FILENAME, run.checkpoint(resumable_checkpoint))}
         report("extracting mesh", cfg.steps)
         check_stop()
-        exported = export_result(run.geometry, cfg.export, out_dir, preview, on_phase=export_phase)
+        exported = export_result(
+            run.geometry, cfg.export, out_dir, preview, on_phase=export_phase, check=check_stop
+        )
     except (GenerationCancelled, KeyboardInterrupt):
         if checkpoint_on_stop and run is not None and run.steps_done > 0:
             save_checkpoint(out_dir / FILENAME, run.checkpoint(resumable=True))

@@ -7,9 +7,11 @@ Components are loaded one by one from `model_index.json`, so a folder without `v
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +28,13 @@ from backend.errors import DreamsmithError, ModelLoadError
 DEMO_PRIOR_PATH = Path(__file__).resolve().parents[1] / "priors" / "demo"
 DEMO_PRIOR_NAME = "demo"
 EXAMPLE_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Metadata is read whole, so its size is capped: model_index.json and dreamsmith.json are a few hundred
+# bytes; a component's JSON and text files (configs, vocabularies) at most some MiB in real models.
+MAX_INDEX_BYTES = 1 << 20
+MAX_COMPONENT_METADATA_BYTES = 64 << 20
+COMPONENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# The parts of a pipeline a prior is made of: [library, class] pairs in model_index.json.
+PRIOR_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
 
 
@@ -161,14 +170,45 @@ class _Source:
     location: str  # what from_pretrained gets
     local: bool
 
-    @property
-    def key(self) -> str:
-        return self.location
+
+def _content_key(src: _Source) -> tuple[Any, ...]:
+    """What identifies a model's content without reading it: for a local folder, the size, times and inode
+    of model_index.json, dreamsmith.json and every file in the component folders the index names
+    (replacing the model in place changes them); for a hub id, the id (the hub versions its content)."""
+    if not src.local:
+        return (src.location,)
+    root = Path(src.location)
+    stats = []
+    try:
+        index = json.loads(_read_capped(root / "model_index.json", MAX_INDEX_BYTES))
+    except (OSError, ValueError, ModelLoadError):
+        index = {}
+    # Component folders are plain names ("unet", "text_encoder"); nothing the index says leads elsewhere.
+    components = sorted(k for k in index if COMPONENT_NAME.fullmatch(k)) if isinstance(index, dict) else []
+    files = [root / "model_index.json", root / "dreamsmith.json"]
+    for name in components:
+        with contextlib.suppress(OSError):  # an unreadable folder: the load itself will say so
+            files += sorted(p for p in (root / name).rglob("*") if p.is_file())
+    for path in files:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -t) still changes them.
+            stats.append((str(path.relative_to(root)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return (src.location, tuple(stats))
 
 
 def _looks_like_path(model: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else with separators is meant as a folder.
     return model.startswith((".", "~", "/")) or "\\" in model or ":" in model or model.count("/") > 1
+
+
+def _not_a_model(model: str) -> ModelLoadError:
+    # One message for a path that is missing, a file, unreadable or a folder without a model: the service
+    # passes paths from HTTP clients, and must not tell them which paths exist on this machine.
+    return ModelLoadError(
+        f"Model {model} is not a diffusers model folder: pass an existing folder that holds model_index.json, "
+        f"unet/, text_encoder/, tokenizer/ and scheduler/, or a hub id such as {EXAMPLE_HUB_ID}."
+    )
 
 
 def _resolve_source(model: str | None) -> _Source:
@@ -180,16 +220,24 @@ def _resolve_source(model: str | None) -> _Source:
             )
         return _Source(DEMO_PRIOR_NAME, str(DEMO_PRIOR_PATH), local=True)
     path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"Model {model} is a file, not a diffusers model folder; pass the folder.")
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError:  # e.g. a name too long for the file system
+        exists = is_dir = False
+    if exists or _looks_like_path(model):
+        if not is_dir:
+            raise _not_a_model(model)
         return _Source(model, str(path.resolve()), local=True)
-    if _looks_like_path(model):
-        raise ModelLoadError(
-            f"Model folder {model} does not exist; pass an existing diffusers folder "
-            f"or a hub id such as {EXAMPLE_HUB_ID}."
-        )
     return _Source(model, model, local=False)
+
+
+def _read_capped(path: Path, limit: int) -> str:
+    """A metadata file's text, refused (ModelLoadError) when larger than `limit` bytes: never read whole."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ModelLoadError(f"{path} is larger than {limit // 1024} KiB, too large for model metadata.")
+    return data.decode("utf-8")
 
 
 def _reason(exc: BaseException) -> str:
@@ -202,10 +250,7 @@ def _read_model_index(src: _Source) -> dict[str, Any]:
     if src.local:
         index_path = Path(src.location) / "model_index.json"
         if not index_path.is_file():
-            raise ModelLoadError(
-                f"{src.name} is not a diffusers model folder (no model_index.json); point to the folder "
-                "that holds model_index.json, unet/, text_encoder/, tokenizer/ and scheduler/."
-            )
+            raise _not_a_model(src.name)
     else:
         from huggingface_hub import errors as hub_errors
         from huggingface_hub import hf_hub_download
@@ -233,9 +278,40 @@ def _read_model_index(src: _Source) -> dict[str, Any]:
                 "is not in the local cache; connect to the network once or pass a local diffusers folder."
             ) from exc
     try:
-        return cast(dict[str, Any], json.loads(index_path.read_text(encoding="utf-8")))
+        index = json.loads(_read_capped(index_path, MAX_INDEX_BYTES))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"The model_index.json of {src.name} is unreadable ({_reason(exc)}).") from exc
+    if not isinstance(index, dict):
+        raise ModelLoadError(
+            f"The model_index.json of {src.name} is not a JSON object; it is not a diffusers model."
+        )
+    for name in PRIOR_COMPONENTS:  # the rest (safety checker, flags...) is not ours to judge
+        entry = index.get(name)
+        if name in index and not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(v is None or isinstance(v, str) for v in entry)
+        ):
+            raise ModelLoadError(
+                f"The model_index.json of {src.name} lists {name!r} as {json.dumps(entry)[:60]}, not as a "
+                "[library, class] pair; it is not a diffusers model index."
+            )
+    return index
+
+
+def _check_metadata_sizes(src: _Source, components: list[str]) -> None:
+    """Refuse component metadata (configs, tokenizer files) too large to be real, before a library reads it
+    whole: a 1 GiB config.json would otherwise cost gigabytes of memory before failing."""
+    if not src.local:
+        return
+    for name in components:
+        for path in (Path(src.location) / name).glob("*"):
+            metadata = path.suffix in (".json", ".txt", ".model") and path.is_file()
+            if metadata and path.stat().st_size > MAX_COMPONENT_METADATA_BYTES:
+                raise ModelLoadError(
+                    f"{path} is larger than {MAX_COMPONENT_METADATA_BYTES >> 20} MiB, too large for model "
+                    "metadata; re-download the model."
+                )
 
 
 def _component_class(index: dict[str, Any], name: str, module: Any, default: Any) -> Any:
@@ -252,7 +328,7 @@ def load_prior(model: str | None, device: torch.device) -> Prior:
 
     src = _resolve_source(model)
     index = _read_model_index(src)
-    if list(index.get("unet") or [])[1:] != ["UNet2DConditionModel"]:
+    if (index.get("unet") or [None, None])[1] != "UNet2DConditionModel":
         kind = index.get("_class_name", "model")
         raise ModelLoadError(
             f"{src.name} ({kind}) has no UNet2DConditionModel 'unet'; Dreamsmith works with Stable "
@@ -260,6 +336,7 @@ def load_prior(model: str | None, device: torch.device) -> Prior:
         )
     is_latent = isinstance(index.get("vae"), (list, tuple)) and index["vae"][0] is not None
     needed = ["unet", "text_encoder", "tokenizer", "scheduler"] + (["vae"] if is_latent else [])
+    _check_metadata_sizes(src, needed)
     for name in needed:
         if src.local and not (Path(src.location) / name).is_dir():
             raise ModelLoadError(
@@ -326,7 +403,7 @@ def _read_recommended(src: _Source) -> dict[str, float]:
     if not src.local or not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_capped(path, MAX_INDEX_BYTES))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{src.name}: dreamsmith.json is not readable JSON ({exc}).") from exc
     out: dict[str, float] = {}
@@ -341,30 +418,40 @@ def _read_recommended(src: _Source) -> dict[str, float]:
 
 
 class PriorCache:
-    """Keeps loaded priors between jobs, keyed by (resolved model, device); least recently used goes first."""
+    """Keeps loaded priors between jobs, least recently used first out.
+
+    Keyed by (location, device) and checked against the content's identity (`_content_key`): a model
+    replaced in its folder is loaded again, never served stale. A failed load is not kept: the next
+    request tries again (e.g. once the folder is fixed).
+    """
 
     def __init__(self, max_models: int = 2) -> None:
         self.max_models = max(1, max_models)
-        self._priors: OrderedDict[tuple[str, str], Prior] = OrderedDict()
+        self._priors: OrderedDict[tuple[str, str], tuple[tuple[Any, ...], Prior]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, model: str | None, device: torch.device) -> Prior:
-        key = (_resolve_source(model).key, str(device))
+        src = _resolve_source(model)
+        key, content = (src.location, str(device)), _content_key(src)
         with self._lock:
             if key in self._priors:
-                self._priors.move_to_end(key)
-                return self._priors[key]
+                cached_content, prior = self._priors[key]
+                if cached_content == content:
+                    self._priors.move_to_end(key)
+                    return prior
+                del self._priors[key]  # replaced on disk: drop the old weights before loading the new
+                _release_memory()
             while len(self._priors) >= self.max_models:  # free memory before loading the next one
                 self._priors.popitem(last=False)
                 _release_memory()
             prior = load_prior(model, device)
-            self._priors[key] = prior
+            self._priors[key] = (content, prior)
             return prior
 
     def loaded(self) -> list[str]:
         """Names of the models held now (for the health endpoint), most recently used last."""
         with self._lock:
-            return [p.name for p in self._priors.values()]
+            return [prior.name for _, prior in self._priors.values()]
 
     def clear(self) -> None:
         with self._lock:

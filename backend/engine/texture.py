@@ -26,6 +26,8 @@ import xatlas
 from numpy.typing import NDArray
 from scipy.ndimage import distance_transform_edt
 
+from backend.engine.cancellation import Check, no_check
+
 # points f32 [N,3] (world) -> colours [N,3] in [0, 1] (sRGB).
 AlbedoFn = Callable[[NDArray[np.float32]], NDArray[Any]]
 
@@ -121,7 +123,12 @@ def _closest_on_edges(p: NDArray[Any], tri: NDArray[Any]) -> tuple[NDArray[Any],
 
 
 def rasterize(
-    uvs: NDArray[Any], faces: NDArray[Any], size: int, conservative: bool = True, chunk: int = 1 << 20
+    uvs: NDArray[Any],
+    faces: NDArray[Any],
+    size: int,
+    conservative: bool = True,
+    chunk: int = 1 << 20,
+    check: Check = no_check,
 ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
     """Which triangle each texel belongs to -> (face_index i32 [S,S], -1 where none; barycentrics
     f32 [S,S,3]), image layout (row 0 = top = v 1).
@@ -130,7 +137,8 @@ def rasterize(
     whose centre lies inside a triangle gets it (vectorized bounding-box test, `chunk` pairs at a time).
     With `conservative`, texels left over within sqrt(2) texels of a triangle then get the nearest one,
     with the barycentrics of the closest point on it: all texels a bilinear lookup anywhere on a
-    triangle reads, even one thinner than a texel, are baked from its own surface.
+    triangle reads, even one thinner than a texel, are baked from its own surface. `check` runs between
+    chunks.
     """
     tri = np.asarray(uvs, dtype=np.float64)[faces] * size  # [M,3,2] in texels
     a = tri[:, 0]
@@ -145,6 +153,7 @@ def rasterize(
     extent = np.maximum(hi - lo + 1, 0)
     counts = np.where(np.abs(det) > 1e-12, extent[:, 0] * extent[:, 1], 0)
     for face, col, row_up in _texel_pairs(lo, extent, counts, chunk):
+        check()
         px = col + 0.5 - a[face, 0]
         py = row_up + 0.5 - a[face, 1]
         l1 = (px * e2[face, 1] - py * e2[face, 0]) / det[face]
@@ -163,6 +172,7 @@ def rasterize(
     extent = np.maximum(hi - lo + 1, 0)
     best = np.full((size, size), np.inf)
     for face, col, row_up in _texel_pairs(lo, extent, extent[:, 0] * extent[:, 1], chunk):
+        check()
         rows = size - 1 - row_up
         empty = face_index[rows, col] < 0
         face, col, rows = face[empty], col[empty], rows[empty]
@@ -234,6 +244,7 @@ def bake_texture(
     padding: float | None = None,
     background: tuple[int, int, int] = (0, 0, 0),
     conservative: bool = True,
+    check: Check = no_check,
 ) -> NDArray[np.uint8]:
     """Albedo baked into a `size`^2 image for the uv-mapped mesh -> u8 [S,S,3], row 0 = top.
 
@@ -243,7 +254,7 @@ def bake_texture(
     rest are padded from their nearest baked texel (`padding` texels at most; None = every texel, so
     mipmaps never see a fill colour either); what is left stays `background`.
     """
-    face_index, bary = rasterize(uvs, faces, size, conservative=conservative)
+    face_index, bary = rasterize(uvs, faces, size, conservative=conservative, check=check)
     filled = face_index >= 0
     hit = face_index[filled]
     weights = bary[filled]  # [K,3]
@@ -262,6 +273,7 @@ def bake_texture(
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[:] = np.asarray(background, dtype=np.uint8)
     image[filled] = np.round(rgb * 255.0).astype(np.uint8)
+    check()
     return pad_texture(image, filled, padding)
 
 
@@ -272,13 +284,19 @@ def uv_texture(
     texture_size: int,
     normals: NDArray[Any] | None = None,
     inset: float = 0.0,
+    check: Check = no_check,
 ) -> UVTexture:
     """Unwrap the (already decimated) mesh and bake its albedo -> `UVTexture` (see the module docstring).
 
-    `normals` are the input mesh's outward vertex normals, used for the inward sampling offset.
+    `normals` are the input mesh's outward vertex normals, used for the inward sampling offset. `check`
+    runs between the stages and inside the baking loops (`albedo` should check in its own).
     """
+    check()
     vertex_map, new_faces, uvs = unwrap(verts, faces, texture_size)
+    check()
     new_verts = np.asarray(verts, dtype=np.float32)[vertex_map]
     new_normals = None if normals is None else np.asarray(normals, dtype=np.float32)[vertex_map]
-    image = bake_texture(albedo, new_verts, new_faces, uvs, texture_size, normals=new_normals, inset=inset)
+    image = bake_texture(
+        albedo, new_verts, new_faces, uvs, texture_size, normals=new_normals, inset=inset, check=check
+    )
     return UVTexture(vertices=new_verts, faces=new_faces, uvs=uvs, vertex_map=vertex_map, texture=image)

@@ -24,8 +24,9 @@ from starlette.routing import Match
 from backend import __version__
 from backend.config import DEFAULT_METHOD, config_from_dict
 from backend.errors import InvalidConfig
-from backend.service.guard import RequestGuard
-from backend.service.jobs import GenerateFn, JobStore, Worker
+from backend.service.datalock import DataDirLock
+from backend.service.guard import BODY_TIMEOUT_S, RequestGuard, token_problem
+from backend.service.jobs import GenerateFn, JobStore, Worker, open_regular
 from backend.service.schemas import (
     ARTIFACT_MEDIA_TYPES,
     ARTIFACTS,
@@ -47,6 +48,7 @@ STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     409: "conflict",
     413: "too_large",
     415: "invalid_request",
@@ -59,13 +61,16 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "malformed JSON",
         401: "missing or wrong token (only when the backend runs with one)",
-        403: "request from a web page or addressed to a non-loopback name",
+        403: "request from a web page or addressed to a name this backend does not listen on",
         404: "no such job or artifact",
+        408: "the request body did not arrive in time (code `timeout`)",
         409: "the job's state does not allow this",
         413: "request body too large",
         422: "invalid request; `field` names the offending field",
+        503: "busy: every connection is in use (code `busy`), or the job could not be saved (code "
+        "`storage_error`); retry later",
     }
-    return {s: {"model": ErrorResponse, "description": descriptions[s]} for s in (401, 403, *statuses)}
+    return {s: {"model": ErrorResponse, "description": descriptions[s]} for s in (401, 403, *statuses, 503)}
 
 
 def describe_device(device: str) -> str:
@@ -87,17 +92,30 @@ def create_app(
     priors: Any = None,
     allowed_hosts: Iterable[str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
     state_interval: float = 1.0,
+    data_lock: DataDirLock | None = None,
 ) -> FastAPI:
     """Build the service for one data directory.
 
     `generate` defaults to the real engine (`backend.engine.pipeline.generate`); tests pass a fake.
     `allowed_hosts` (e.g. `guard.LOOPBACK_HOSTS`) restricts the Host header; None accepts any.
+    The data folder's lock (`datalock.py`) is taken here before any job file is read, unless the caller
+    holds it already (`data_lock`); raises DataDirBusy when another service has the folder.
     """
-    store = JobStore(Path(data_dir))
-    store.load()
-    worker = Worker(store, generate=generate, priors=priors, device=device, state_interval=state_interval)
-    device_name = describe_device(device)
+    if token and (problem := token_problem(token)):
+        raise ValueError(f"the token {problem}")
+    owns_lock = data_lock is None
+    lock = data_lock or DataDirLock(Path(data_dir)).acquire()
+    try:
+        store = JobStore(Path(data_dir))
+        store.load()
+        worker = Worker(store, generate=generate, priors=priors, device=device, state_interval=state_interval)
+        device_name = describe_device(device)
+    except BaseException:
+        if owns_lock:
+            lock.release()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,18 +123,31 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(worker.stop)
+            stopped = await anyio.to_thread.run_sync(worker.stop)
+            # A worker still running a job may still write: keep the folder locked until it ends.
+            if owns_lock and stopped:
+                lock.release()
 
     app = FastAPI(
         title="Dreamsmith backend",
         version=__version__,
         summary="Text-to-3D by score distillation: HTTP API v1 used by the Blender add-on.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN: blank offline, and third-party
+        # code in the API's origin. No installed package ships those assets, so only the schema is served.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.store = store
     app.state.worker = worker
     app.state.device_name = device_name
-    app.add_middleware(RequestGuard, token=token, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        token=token,
+        allowed_hosts=allowed_hosts,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+    )
     _add_error_handlers(app)
 
     @app.get("/v1/health", response_model=Health, responses=_errors())
@@ -135,7 +166,7 @@ def create_app(
             "queue": store.queued(),
         }
 
-    @app.post("/v1/jobs", status_code=201, response_model=JobCreated, responses=_errors(400, 413, 422))
+    @app.post("/v1/jobs", status_code=201, response_model=JobCreated, responses=_errors(400, 408, 413, 422))
     def submit_job(request: JobRequest) -> dict[str, Any]:
         """Validate a generation request and queue it; jobs run one at a time, oldest first."""
         data = request.model_dump(mode="json")
@@ -152,12 +183,15 @@ def create_app(
         """State, phase, step, loss, elapsed and ETA, error message and the artifact names available now."""
         return store.status(job_id)
 
-    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 409))
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 408, 409))
     def cancel_job(job_id: str) -> dict[str, Any]:
-        """Cancel a queued job now, or a running one at its next optimization step."""
+        """Cancel a queued job now, or a running one within seconds in any phase; it then ends `cancelled`
+        (409 once the job has succeeded or failed)."""
         return store.cancel(job_id)
 
-    @app.delete("/v1/jobs/{job_id}", status_code=204, response_class=Response, responses=_errors(404, 409))
+    @app.delete(
+        "/v1/jobs/{job_id}", status_code=204, response_class=Response, responses=_errors(404, 408, 409)
+    )
     def delete_job(job_id: str) -> Response:
         """Delete a job that is not running, with its files."""
         store.delete(job_id)
@@ -176,9 +210,11 @@ def _add_artifact_route(app: FastAPI, store: JobStore, name: str) -> None:
         if live is not None:
             return Response(live, media_type=media_type, headers=NO_STORE)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by _chunks once sent
+            f = open_regular(path)  # closed by _chunks once sent; never through a link
         except FileNotFoundError:
             raise ApiError(404, "not_found", f"this job has no {name}") from None
+        except OSError as exc:
+            raise ApiError(503, "storage_error", f"could not read the job's {name}: {exc.strerror}") from None
         size = os.fstat(f.fileno()).st_size
         headers = {**NO_STORE, "content-length": str(size)}
         return StreamingResponse(_chunks(f), media_type=media_type, headers=headers)
@@ -257,7 +293,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal")
-        message = {404: "no such endpoint; see /docs for API v1", 405: "method not allowed here"}.get(
+        message = {404: "no such endpoint; see /openapi.json for API v1", 405: "method not allowed here"}.get(
             exc.status_code, str(exc.detail)
         )
         headers = dict(getattr(exc, "headers", None) or {})

@@ -4,7 +4,8 @@
 - Host and Origin: a service on loopback answers only requests addressed to a loopback name (a web page
   cannot reach it through DNS rebinding), and no request that a browser marks as coming from another
   origin (a web page cannot queue or cancel jobs by a cross-site POST). There is no CORS on purpose.
-- Body size: bodies over `max_body_bytes` are refused with 413 before any parsing.
+- Body size and time: bodies over `max_body_bytes` are refused with 413 before any parsing, and a body not
+  complete within `body_timeout_s` with 408 (a client that sends half a body holds no connection for ever).
 
 A pure ASGI middleware, so the answers are the API's JSON errors and the checks run before the body
 is read (an unauthenticated client learns nothing, not even whether its JSON was valid).
@@ -17,10 +18,26 @@ import json
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+BODY_TIMEOUT_S = 30.0
+# RFC 6750's b64token, widened to printable ASCII: HTTP clients disagree on how to encode anything else in a
+# header (curl sends UTF-8, Python's http.client Latin-1 or an error), so such a token would work for some.
+TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be a bearer token (words to follow "the token"), or None when it can."""
+    if not token:
+        return "is empty"
+    bad = sorted({c for c in token if c not in TOKEN_CHARS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:3])
+        return f"may only hold printable ASCII characters without spaces (it has {shown})"
+    return None
 
 
 async def send_error(
@@ -56,11 +73,13 @@ class RequestGuard:
         token: str | None = None,
         allowed_hosts: Iterable[str] | None = None,
         max_body_bytes: int = 64 * 1024,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.app = app
-        self.token = token.encode("utf-8") if token else None
+        self.token = token.encode("ascii") if token else None
         self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +106,17 @@ class RequestGuard:
             )
             return
         if scope["method"] in BODY_METHODS:
-            body = await self._read_body(headers, receive)
+            with anyio.move_on_after(self.body_timeout_s) as timer:
+                body = await self._read_body(headers, receive)
+            if timer.cancelled_caught:
+                await send_error(
+                    send,
+                    408,
+                    "timeout",
+                    f"the request body did not arrive within {self.body_timeout_s:g} s",
+                    [(b"connection", b"close")],
+                )
+                return
             if body is None:
                 await send_error(
                     send, 413, "too_large", f"the request body is larger than {self.max_body_bytes} bytes"

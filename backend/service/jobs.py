@@ -2,8 +2,10 @@
 
 Layout: `<data_dir>/jobs/<id>/` holds `request.json` (the validated API request), `state.json` (progress
 and outcome), `preview.png` and the engine's results (`mesh.glb`, `mesh.npz`, `texture.png`). Every file
-is written atomically, so a crash never leaves half a file; on start-up the store reads the folders back:
-finished jobs are served again, queued jobs run, and a job that was running is marked failed.
+is written atomically, so a crash never leaves half a file; on start-up the store reads the folders back
+(the service holds the data folder's lock, `datalock.py`): finished jobs are served again, queued jobs run,
+a job that was running is marked failed, and a folder whose files are damaged is listed as failed and left
+as it is. Temporary files of a killed writer are removed; files are never served through a link.
 
 The in-memory `Job` is the truth the HTTP side reads (under one short lock, never held during I/O);
 `state.json` follows it at phase changes and at most once per `state_interval` while optimizing, so
@@ -14,11 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import math
+import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -27,18 +33,43 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backend.config import config_from_dict
 from backend.errors import DreamsmithError, GenerationCancelled, InvalidConfig
-from backend.fileio import write_bytes_atomic, write_json_atomic
+from backend.fileio import (
+    check_output_folder,
+    remove_orphan_temporaries,
+    result_bytes_bound,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from backend.service.schemas import ARTIFACTS, ApiError
 
 log = logging.getLogger("dreamsmith.service")
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINISHED = ("succeeded", "failed", "cancelled")
+# The engine's results: the downloadable ones and the saved field (field.pt, kept for re-export and warm starts).
+RESULTS = (*(name for name in ARTIFACTS if name != "preview.png"), "field.pt")
 INTERRUPTED = "interrupted: the backend stopped while this job was running; submit it again"
+DAMAGED = "its record is damaged ({reason}); its files are kept in {folder}, delete the job to remove them"
+# request.json and state.json are a few KiB; anything far larger is not ours and is not read whole.
+MAX_RECORD_BYTES = 1 << 20
+# state.json fields and the JSON types each may have (None: null); anything else marks the job damaged.
+RECORD_FIELDS: dict[str, tuple[type | None, ...]] = {
+    "state": (str,),
+    "phase": (str, None),
+    "step": (int,),
+    "steps": (int,),
+    "t": (int, None),
+    "loss": (float, None),
+    "elapsed_s": (float,),
+    "eta_s": (float, None),
+    "error": (str, None),
+    "created_at": (float,),
+    "finished_at": (float, None),
+}
 OOM_HINT = (
     "the {memory} ran out of memory: try a smaller render_size (e.g. 64) or export.mesh_resolution, "
     "or close other programs that use it"
@@ -74,6 +105,7 @@ class Job:
     preview: bytes | None = field(default=None, repr=False)  # latest preview, newer than the file
     started_mono: float | None = None
     progress_mono: float | None = None
+    outcome: str | None = None  # decided by `JobStore.finish` just before the state is set
 
     def status(self) -> dict[str, Any]:
         """The API status object (docs/design.md, "HTTP API"). Call with the store lock held."""
@@ -115,6 +147,87 @@ def _finite(value: float | None) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
+class DamagedRecord(ValueError):
+    """A job file that is missing, unreadable, too large, or not the shape this backend writes."""
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _read_record(path: Path, missing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job's JSON object file, read at most MAX_RECORD_BYTES; `missing` is returned when there is none."""
+    try:
+        with open_regular(path) as f:
+            raw = f.read(MAX_RECORD_BYTES + 1)
+    except FileNotFoundError:
+        if missing is not None:
+            return dict(missing)
+        raise DamagedRecord(f"no {path.name}") from None
+    except OSError as exc:
+        raise DamagedRecord(f"{path.name} is unreadable: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECORD_BYTES:
+        raise DamagedRecord(f"{path.name} is larger than {MAX_RECORD_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        raise DamagedRecord(f"{path.name} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise DamagedRecord(f"{path.name} is not a JSON object")
+    return data
+
+
+def _check_record(state: dict[str, Any]) -> None:
+    """Raise DamagedRecord unless every known field of state.json has the type this backend writes."""
+    for name, kinds in RECORD_FIELDS.items():
+        if name not in state:
+            continue
+        value = state[name]
+        if value is None and None in kinds:
+            continue
+        if int in kinds and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise DamagedRecord(f"state.json: {name} is not an integer")
+        if float in kinds and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ):
+            raise DamagedRecord(f"state.json: {name} is not a number")
+        if str in kinds and not isinstance(value, str):
+            raise DamagedRecord(f"state.json: {name} is not a text")
+    if state.get("state", "queued") not in ("queued", "running", *FINISHED):
+        raise DamagedRecord(f"state.json: unknown state {state['state']!r}")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a job's file for reading, refusing a symbolic link, a pipe or anything but a regular file
+    (FileNotFoundError), so a link planted in a job folder never serves another file."""
+    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():  # Windows: no O_NOFOLLOW
+        raise FileNotFoundError(f"{path} is a link")
+    # O_NONBLOCK: opening a named pipe must not wait for a writer.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileNotFoundError(f"{path} is a link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def is_regular_file(path: Path) -> bool:
+    """True for a regular file that is not a symbolic link."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class JobStore:
     """All jobs of one data directory, the run queue, and their files."""
 
@@ -132,18 +245,20 @@ class JobStore:
     # ---- start-up -------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the job folders back after a (re)start."""
+        """Read the job folders back after a (re)start. The caller holds the data folder's lock."""
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.jobs_dir.glob(".deleted-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         jobs: list[Job] = []
         for folder in self.jobs_dir.iterdir():
-            if not (folder.is_dir() and JOB_ID.fullmatch(folder.name)):
+            if not JOB_ID.fullmatch(folder.name):
                 continue
-            try:
-                jobs.append(self._read_job(folder))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping unreadable job folder %s: %s", folder, exc)
+            if folder.is_symlink() or not folder.is_dir():  # files are served from real job folders only
+                log.warning("skipping %s: not a job folder (a link or a file)", folder)
+                continue
+            # A process killed while writing leaves its temporary files behind.
+            remove_orphan_temporaries(folder)
+            jobs.append(self._read_job(folder))
         jobs.sort(key=lambda j: j.created_at)
         interrupted = []
         with self._lock:
@@ -164,30 +279,32 @@ class JobStore:
             )
 
     def _read_job(self, folder: Path) -> Job:
-        request = json.loads((folder / "request.json").read_text("utf-8"))
-        if not isinstance(request, dict):
-            raise ValueError("request.json is not an object")
-        state_path = folder / "state.json"
-        state = json.loads(state_path.read_text("utf-8")) if state_path.exists() else {}
-        job = Job(
-            id=folder.name,
-            request=request,
-            dir=folder,
-            created_at=float(state.get("created_at") or folder.stat().st_mtime),
-        )
-        for name in ("state", "phase", "step", "steps", "t", "loss", "elapsed_s", "eta_s", "error"):
+        """The job of one folder; a damaged record gives a failed job that says so (its files untouched)."""
+        try:
+            request = _read_record(folder / "request.json")
+            state = _read_record(folder / "state.json", missing={})  # queued before its first state
+            _check_record(state)
+        except DamagedRecord as exc:
+            log.warning("job folder %s is damaged: %s", folder, exc)
+            created = _mtime(folder)
+            job = Job(id=folder.name, request={}, dir=folder, created_at=created, finished_at=created)
+            job.state, job.error = "failed", DAMAGED.format(reason=exc, folder=folder)
+            with contextlib.suppress(DamagedRecord):
+                job.request = _read_record(folder / "request.json")
+            job.artifacts = self._artifacts_on_disk(job)
+            return job
+        created = float(state.get("created_at") or _mtime(folder))
+        job = Job(id=folder.name, request=request, dir=folder, created_at=created)
+        for name in RECORD_FIELDS.keys() - {"created_at"}:
             if name in state:
                 setattr(job, name, state[name])
-        job.finished_at = state.get("finished_at")
-        if job.state not in ("queued", "running", *FINISHED):
-            raise ValueError(f"unknown state {job.state!r}")
         job.artifacts = self._artifacts_on_disk(job)
         return job
 
     def _artifacts_on_disk(self, job: Job) -> list[str]:
         # Results count only for a finished, successful job; any job may have a preview.
         names = ARTIFACTS if job.state == "succeeded" else ("preview.png",)
-        return [n for n in names if (job.dir / n).is_file()]
+        return [n for n in names if is_regular_file(job.dir / n)]
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -237,11 +354,13 @@ class JobStore:
             return sum(1 for j in self._jobs.values() if j.state == "queued")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Queued: cancelled now. Running: the worker stops at the next step. Cancelled: no-op."""
+        """Queued: cancelled now. Running: the engine stops at its next check (seconds at most, in every
+        phase) and the job ends cancelled. Cancelled: no-op."""
         with self._lock:
             job = self._get(job_id)
-            if job.state in ("succeeded", "failed"):
-                raise ApiError(409, "conflict", f"the job already {job.state}; there is nothing to cancel")
+            ended = job.outcome or job.state
+            if ended in ("succeeded", "failed"):
+                raise ApiError(409, "conflict", f"the job already {ended}; there is nothing to cancel")
             persist = job.state == "queued"
             if persist:
                 job.state, job.finished_at = "cancelled", time.time()
@@ -329,13 +448,27 @@ class JobStore:
                 log.warning("could not save the state of job %s: %s", job.id, exc)
 
     def finish(self, job: Job, state: str, error: str | None = None) -> None:
-        """Record the outcome; files first, so a client never sees an artifact name without its file."""
+        """Record the outcome; files first, so a client never sees an artifact name without its file.
+
+        A job whose cancel was accepted ends cancelled whatever the engine did after it (the cancel
+        answered 200, so it holds); once the outcome is decided here, a cancel gets 409. A job that does
+        not succeed keeps no result files (a half-written set must not be mistaken for a result).
+        """
+        with self._lock:
+            if job.cancel.is_set():
+                state, error = "cancelled", None
+            job.outcome = state
         pending = job.preview  # written by the worker thread only, as is this call
         # A successful engine run writes its own final preview.png; otherwise keep the latest one.
-        if pending is not None and not (state == "succeeded" and (job.dir / "preview.png").is_file()):
+        if pending is not None and not (state == "succeeded" and is_regular_file(job.dir / "preview.png")):
             self.persist(job, preview=pending)
+        if state != "succeeded":
+            for name in RESULTS:
+                with contextlib.suppress(OSError):
+                    (job.dir / name).unlink(missing_ok=True)
+            remove_orphan_temporaries(job.dir)
         names = ARTIFACTS if state == "succeeded" else ("preview.png",)
-        artifacts = [n for n in names if (job.dir / n).is_file()]
+        artifacts = [n for n in names if is_regular_file(job.dir / n)]
         with self._lock:
             job.state, job.error, job.finished_at = state, error, time.time()
             if job.started_mono is not None:
@@ -372,15 +505,18 @@ class Worker:
             self._thread = threading.Thread(target=self._run, name="dreamsmith-worker", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current step; the interrupted job is marked failed, queued jobs stay queued."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the current step; the interrupted job is marked failed, queued jobs stay queued.
+        Returns False when the thread is still running after `timeout` seconds."""
         self._stop.set()
         self.store.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the worker did not stop within %.0f s", timeout)
+                return False
             self._thread = None
+        return True
 
     def _engine(self) -> tuple[GenerateFn, Any]:
         if self._generate is None:
@@ -442,7 +578,19 @@ class Worker:
         try:
             generate, priors = self._engine()
             cfg = dataclasses.replace(config_from_dict(job.request), device=self.device)
-            generate(cfg, job.dir, on_progress=on_progress, should_stop=should_stop, priors=priors)
+            # A full or unwritable data folder fails the job now, not after the optimization.
+            export = cfg.export
+            check_output_folder(
+                job.dir, result_bytes_bound(export.target_faces, export.texture_size, export.texture == "uv")
+            )
+            generate(
+                cfg,
+                job.dir,
+                on_progress=on_progress,
+                should_stop=should_stop,
+                priors=priors,
+                resumable_checkpoint=False,  # jobs are not resumed: the weights alone, a third of the size
+            )
         except GenerationCancelled:
             if job.cancel.is_set():
                 self.store.finish(job, "cancelled")
@@ -457,6 +605,14 @@ class Worker:
                 self.store.finish(job, "failed", OOM_HINT.format(memory="computer"))
             elif _is_gpu_out_of_memory(exc):
                 self.store.finish(job, "failed", OOM_HINT.format(memory="GPU"))
+            elif isinstance(exc, OSError):  # the disk, not the engine: full, read-only, folder removed
+                where = f" ({exc.filename})" if exc.filename else ""
+                self.store.finish(
+                    job,
+                    "failed",
+                    f"could not use the job's files{where}: {exc.strerror or exc}; check the free space "
+                    f"and permissions of {self.store.data_dir}",
+                )
             else:
                 log.error("job %s failed with an internal error", job.id, exc_info=exc)
                 _write_traceback(job, exc)

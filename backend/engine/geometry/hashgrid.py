@@ -17,6 +17,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from backend.engine.cancellation import checkpoint
+
 # Coherent spatial hash of Instant-NGP eq. (4): h(x) = (XOR_i x_i * pi_i) mod T, with pi_1 = 1.
 HASH_PRIMES = (1, 2654435761, 805459861)
 INIT_SCALE = 1e-4  # table init U(-1e-4, 1e-4), Instant-NGP section 4
@@ -144,6 +146,7 @@ class _HashGridFunction(torch.autograd.Function):
     def forward(ctx: Any, table: Tensor, xt: Tensor, grid: TorchHashGrid) -> Tensor:
         levels, saved = [], []
         for level, (_, _, offset, size, _) in enumerate(grid.layout):
+            checkpoint()  # a level of a 512 px render takes seconds on a CPU: let a cancel in between
             rows, w = grid.level_rows_and_weights(xt, level)  # [8, N]
             levels.append(_blend_corners(table[offset : offset + size], rows, w))  # [N, F]
             saved += [rows, w]
@@ -164,6 +167,7 @@ class _HashGridFunction(torch.autograd.Function):
         alloc = torch.empty if on_cpu else torch.zeros
         grad_table = alloc(grid.table.shape, dtype=grad_out.dtype, device=grad_out.device)
         for level, (_, _, offset, size, _) in enumerate(grid.layout):
+            checkpoint()
             rows, w = saved[2 * level], saved[2 * level + 1]  # [8, N]
             g = grad_out[level]  # [F, N]
             dst = grad_table[offset : offset + size]

@@ -16,7 +16,7 @@ DENSE_OCCUPANCY_RESOLUTION = 32
 
 
 def make_renderer(
-    samples_per_ray: int, device: torch.device | str, seed: int = 0, bound: float = 1.0
+    samples_per_ray: int, device: torch.device | str, seed: int = 0, bound: float = 1.0, ambient: float = 0.1
 ) -> Renderer:
     """nerfacc on CUDA when its kernels load, else the dense renderer with `samples_per_ray` samples and an
     occupancy grid (as nerfacc's, it skips empty space)."""
