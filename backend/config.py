@@ -201,6 +201,12 @@ class GenerationConfig:
     lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
     lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)
     lambda_eikonal: float = setting(0.1, "weight of an SDF geometry's eikonal term", lo=0.0, hi=1e6)
+    sdf_beta: tuple[float, float] = setting(
+        (0.1, 0.1),
+        "an SDF geometry's surface softness (Laplace scale), at the start and at the end",
+        lo=1e-3,
+        hi=1.0,
+    )
     # Shading mix (albedo, lambertian, textureless) once warm-up is over, as in DreamFusion.
     shading_warmup_steps: int = setting(100, "steps rendered in albedo shading only", lo=0, hi=100000)
     shading_probs: tuple[float, float, float] = setting(

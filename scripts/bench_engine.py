@@ -25,7 +25,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from backend.config import GenerationConfig  # noqa: E402
+from backend.cli import parse_overrides  # noqa: E402
+from backend.config import GenerationConfig, with_overrides  # noqa: E402
 from backend.engine.optimize import DistillationRun, StepTimer  # noqa: E402
 from backend.engine.prior import Prior, load_prior, resolve_device  # noqa: E402
 from backend.engine.tiny_prior import make_tiny_prior, tiny_clip_tokenizer  # noqa: E402
@@ -83,18 +84,24 @@ def sd21_base_prior(device: torch.device) -> Prior:
 
 
 def measure(
-    name: str, prior: Prior, cfg: GenerationConfig, device: torch.device, warmup: int, steps: int
+    name: str,
+    prior: Prior,
+    cfg: GenerationConfig,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    first: int = 0,
 ) -> dict:
     timer = StepTimer(enabled=False, device=device)
     run = DistillationRun(cfg, prior, device, timer=timer)
-    for i in range(warmup):
+    for i in range(first, first + warmup):
         run.step(i)
     timer.enabled = True
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
+    for i in range(first + warmup, first + warmup + steps):
         run.step(i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -102,6 +109,7 @@ def measure(
     per_part = {k: timer.totals.get(k, 0.0) / steps for k in PARTS}
     row = {
         "model": name,
+        "variant": variant_name(cfg),
         "method": cfg.method,
         "render_size": cfg.render_size,
         "step_s": wall,
@@ -114,12 +122,32 @@ def measure(
     return row
 
 
+def variant_name(cfg: GenerationConfig) -> str:
+    return getattr(cfg, "_variant", "default")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'sdf:geometry=sdf;lr_mlp=0.01' -> ("sdf", {"geometry": "sdf", "lr_mlp": 0.01})."""
+    name, _, settings = text.partition(":")
+    return name, parse_overrides([item for item in settings.split(";") if item])
+
+
 def print_table(rows: list[dict]) -> None:
-    head = ["model", "method", "size", "step ms", "steps/s", *[f"{p} ms" for p in PARTS], "step/guid"]
+    head = [
+        "model",
+        "variant",
+        "method",
+        "size",
+        "step ms",
+        "steps/s",
+        *[f"{p} ms" for p in PARTS],
+        "step/guid",
+    ]
     print(" | ".join(f"{h:>10}" for h in head))
     for r in rows:
         cells = [
             r["model"][:10],
+            r["variant"][:10],
             r["method"],
             r["render_size"],
             f"{r['step_s'] * 1e3:.1f}",
@@ -146,6 +174,16 @@ def main() -> int:
         action="store_true",
         help="time SD 2.1-base's architecture (random weights) at 64x64, fp16",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[;KEY=VALUE]",
+        help="also time these settings beside the defaults, e.g. --variant 'sdf:geometry=\"sdf\"' (values JSON)",
+    )
+    parser.add_argument(
+        "--first-step", type=int, default=0, help="time steps from here (e.g. 100: after the albedo warm-up)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "engine.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -161,12 +199,16 @@ def main() -> int:
                 priors.append(("tiny-" + ("pixel" if pixel else "latent"), load_prior(str(path), device), {}))
             if args.demo:
                 priors.append(("demo", load_prior(None, device), {}))
+        variants = [("default", {})] + [parse_variant(v) for v in args.variant]
         for name, prior, overrides in priors:
             for method in methods:
-                cfg = GenerationConfig(prompt="a red cube", method=method, steps=10_000, device=device.type)
-                for key, value in overrides.items():
-                    setattr(cfg, key, value)
-                rows.append(measure(name, prior, cfg, device, args.warmup, args.steps))
+                for variant, changes in variants:
+                    base = GenerationConfig(
+                        prompt="a red cube", method=method, steps=10_000, device=device.type
+                    )
+                    cfg = with_overrides(base, overrides | changes)
+                    object.__setattr__(cfg, "_variant", variant)
+                    rows.append(measure(name, prior, cfg, device, args.warmup, args.steps, args.first_step))
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print_table(rows)
     write_json_atomic(args.out, {"device": str(device), "torch": torch.__version__, "rows": rows})

@@ -163,6 +163,7 @@ class DistillationRun:
         """Optimizer step number `i` (default: the next one) of cfg.steps."""
         cfg, timer = self.cfg, self.timer
         i = self.steps_done if i is None else i
+        self.geometry.on_step(i, cfg.steps)
         t = self.supervision.timestep(i, cfg.steps, self.host_rng)
         cams = sample_cameras(cfg.camera, cfg.batch_size, cfg.render_size, self.host_rng, self.device)
         shading = sample_shading(i, cfg, self.host_rng)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +25,9 @@ def field_config_for(device: torch.device) -> FieldConfig:
 def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
     """The untrained geometry of a generation, `cfg.geometry` (parameters drawn from torch's global RNG)."""
     if cfg.geometry == SDFField.kind:
-        return SDFField(SDFConfig() if device.type == "cuda" else SDFConfig.small(), device=device)
+        sdf = SDFConfig() if device.type == "cuda" else SDFConfig.small()
+        sdf = dataclasses.replace(sdf, beta_start=cfg.sdf_beta[0], beta_end=cfg.sdf_beta[1])
+        return SDFField(sdf, device=device)
     return RadianceField(field_config_for(device), device=device)
 
 

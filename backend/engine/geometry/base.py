@@ -56,6 +56,9 @@ class Geometry(nn.Module):
         """Adam parameter groups with their learning rates."""
         raise NotImplementedError
 
+    def on_step(self, step: int, total: int) -> None:
+        """Called before each optimization step (coarse-to-fine schedules of the geometry); no-op here."""
+
     def regularization(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Extra loss terms of this geometry, unweighted (e.g. an SDF's eikonal term, "eikonal"); the run
         adds each weighted by the config's `lambda_<name>`. None by default (and no random draws)."""

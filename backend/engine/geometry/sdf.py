@@ -4,8 +4,8 @@
     sigma(x) = (1 / beta) Psi_beta(-d(x))        Psi_beta: CDF of the zero-mean Laplace law of scale beta
 
 so the density is 1 / beta well inside, 1 / (2 beta) on the surface d = 0 and decays as exp(-d / beta)
-outside; beta is learned (VolSDF), kept above `beta_min` so that the renderer's samples still resolve
-the surface. Normals are the normalized gradient of d (finite differences). The eikonal term
+outside; beta follows a schedule from `beta_start` to `beta_end` (VolSDF learns it over 100k+ steps; a
+run here has a few hundred, so it is scheduled coarse to fine instead). Normals are the normalized gradient of d (finite differences). The eikonal term
 (|grad d| - 1)^2 (Gropp et al. 2020), at random points of the bound box, keeps d a distance; the run adds
 it weighted by `lambda_eikonal`. The surface is d = 0, whose density `surface_level()` gives the export.
 ScaleDreamer's amortized generators render their geometry this way.
@@ -39,11 +39,18 @@ class SDFConfig:
     hidden_dim: int = 64
     n_hidden_layers: int = 1
     sphere_radius: float = 0.5  # the initial shape
-    beta_init: float = 0.1
-    beta_min: float = 0.02
+    # beta goes geometrically from beta_start to beta_end over the run (coarse to fine: a soft surface
+    # gathers gradients from far while the shape forms, a sharp one is what the export meets).
+    beta_start: float = 0.1
+    beta_end: float = 0.1
     bound: float = 1.0
     normal_eps: float = 1e-2
+    # "central": 6 evaluations of d per normal; "forward": 4 (3 more given d(x)), as FieldConfig.small.
+    normal_stencil: str = "central"
     eikonal_points: int = 1024
+    # The density is exactly 0 farther than this many beta outside the surface (the Laplace tail there is
+    # below 0.3% of the surface density): the empty-space grid can then skip the haze around the object.
+    cutoff: float = 6.0
 
     @property
     def hash_grid(self) -> HashGridConfig:
@@ -57,8 +64,15 @@ class SDFConfig:
 
     @classmethod
     def small(cls) -> SDFConfig:
-        """The CPU grid (as `FieldConfig.small`): 12 levels, 2^15 entries, finest 512."""
-        return cls(n_levels=12, log2_hashmap_size=15, finest_resolution=512)
+        """The CPU grid (as `FieldConfig.small`): 12 levels, 2^15 entries, finest 512, forward differences,
+        512 eikonal points."""
+        return cls(
+            n_levels=12,
+            log2_hashmap_size=15,
+            finest_resolution=512,
+            normal_stencil="forward",
+            eikonal_points=512,
+        )
 
 
 def laplace_cdf(s: Tensor, beta: Tensor) -> Tensor:
@@ -87,17 +101,16 @@ class SDFField(Geometry):
             assert isinstance(last, nn.Linear)
             last.weight.zero_()
             last.bias.zero_()
-        # beta = beta_min + softplus(raw), raw chosen so that beta starts at beta_init.
-        start = torch.tensor(cfg.beta_init - cfg.beta_min, dtype=torch.float32)
-        self.beta_raw = nn.Parameter((start.exp() - 1.0).log().to(device))
+        # The current beta (a buffer: saved with the weights, so an export meets the surface the run ended with).
+        self.register_buffer("beta", torch.tensor(float(cfg.beta_start), device=device))
 
     @property
     def feature_dim(self) -> int:
         return int(self.encoding.n_output_dims)
 
-    @property
-    def beta(self) -> Tensor:
-        return self.cfg.beta_min + F.softplus(self.beta_raw)
+    def on_step(self, step: int, total: int) -> None:
+        f = min(max(step / max(total - 1, 1), 0.0), 1.0)
+        self.beta.fill_(self.cfg.beta_start * (self.cfg.beta_end / self.cfg.beta_start) ** f)
 
     def _encode(self, x: Tensor) -> Tensor:
         return cast(Tensor, self.encoding((x + self.bound) / (2.0 * self.bound)))
@@ -114,7 +127,8 @@ class SDFField(Geometry):
     def _sigma(self, d: Tensor, x: Tensor) -> Tensor:
         beta = self.beta
         sigma = laplace_cdf(-d, beta) / beta
-        return torch.where((x.abs() <= self.bound).all(-1), sigma, torch.zeros_like(sigma))
+        keep = (x.abs() <= self.bound).all(-1) & (d < self.cfg.cutoff * beta)
+        return torch.where(keep, sigma, torch.zeros_like(sigma))
 
     def density(self, x: Tensor) -> Tensor:
         return self._sigma(self.sdf(x), x)
@@ -130,9 +144,13 @@ class SDFField(Geometry):
         return self.albedo_from_features(self._encode(x))
 
     def sdf_gradient(self, x: Tensor) -> Tensor:
-        """grad d at x [N, 3] by central differences (6 evaluations), differentiable -> [N, 3]."""
+        """grad d at x [N, 3] by finite differences (`normal_stencil`), differentiable -> [N, 3]."""
         eps = self.cfg.normal_eps
         offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps
+        if self.cfg.normal_stencil == "forward":
+            probes = torch.cat([x.unsqueeze(0), x.unsqueeze(0) + offsets[:, None]])
+            d = self.sdf(probes.reshape(-1, 3)).view(4, -1)
+            return (d[1:] - d[:1]).t() / eps
         probes = torch.cat([x.unsqueeze(0) + offsets[:, None], x.unsqueeze(0) - offsets[:, None]])
         d = self.sdf(probes.reshape(-1, 3)).view(6, -1)
         return (d[:3] - d[3:]).t() / (2.0 * eps)
@@ -142,7 +160,7 @@ class SDFField(Geometry):
 
     def regularization(self, generator: torch.Generator) -> dict[str, Tensor]:
         """The eikonal term at `eikonal_points` uniform points of the bound box."""
-        device = self.beta_raw.device
+        device = self.beta.device
         u = torch.rand(self.cfg.eikonal_points, 3, generator=generator, device=generator.device).to(device)
         grad = self.sdf_gradient((u * 2.0 - 1.0) * self.bound)
         return {"eikonal": (grad.norm(dim=-1) - 1.0).square().mean()}
@@ -156,7 +174,6 @@ class SDFField(Geometry):
         return [
             {"name": "grid", "params": list(self.encoding.parameters()), "lr": cfg.lr_grid},
             {"name": "mlp", "params": mlps, "lr": cfg.lr_mlp},
-            {"name": "beta", "params": [self.beta_raw], "lr": cfg.lr_mlp},
         ]
 
     def spec(self) -> dict[str, Any]:
