@@ -123,6 +123,10 @@ class JobStatus(BaseModel):
     request: dict[str, Any]
     created_at: float
     finished_at: float | None
+    live_step: int | None = Field(
+        default=None,
+        description="step of the latest live mesh (GET /v1/jobs/{id}/live.npz) while the job runs; else null",
+    )
 
 
 class JobList(BaseModel):
