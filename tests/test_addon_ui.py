@@ -88,6 +88,7 @@ def draw_all(context: Any) -> dict[str, list[tuple[str, tuple[Any, ...], dict[st
         "DREAMSMITH_PT_method",
         "DREAMSMITH_PT_camera",
         "DREAMSMITH_PT_export",
+        "DREAMSMITH_PT_variations",
         "DREAMSMITH_PT_backend",
         "DREAMSMITH_PT_history",
     }
