@@ -7,7 +7,9 @@ unlike a result (wireframe over a half-transparent tinted surface, not selectabl
 where the result will land, and is removed when the result replaces it, on cancel and on failure.
 
 The object is found again by its `LIVE_PROPERTY` each time, never held across timer ticks: an undo
-meanwhile may have freed it (it is then built again at the next update).
+meanwhile may have freed it (it is then built again at the next update). An undo or redo can also bring
+one back (an undo step pushed by something else while it existed), and a file saved during a run holds
+one: after undo, redo and file load, live objects of no running generation are removed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import bpy
+from bpy.app.handlers import persistent
 
-from . import mesh_build
+from . import mesh_build, session
 from .client import LiveMesh
 
 LIVE_NAME = "Dreamsmith Live"
@@ -108,3 +111,41 @@ def remove() -> int:
         _remove(obj)
         count += 1
     return count
+
+
+def remove_stale() -> int:
+    """Remove the live objects that belong to no running generation; returns how many."""
+    run = session.STATE.run
+    current = run.job_id if run is not None and not run.finished else None
+    stale = [obj for obj in live_objects() if obj.get(LIVE_PROPERTY) != current]
+    for obj in stale:
+        _remove(obj)
+    return len(stale)
+
+
+def _stale_later() -> None:
+    remove_stale()
+
+
+@persistent  # type: ignore[untyped-decorator]  # (fake-bpy-module leaves it untyped)
+def _after_undo_or_load(*_args: Any) -> None:
+    if bpy.app.background:
+        remove_stale()
+    elif not bpy.app.timers.is_registered(_stale_later):  # outside the undo system's own call
+        bpy.app.timers.register(_stale_later, first_interval=0.0)
+
+
+HANDLERS = (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post, bpy.app.handlers.load_post)
+
+
+def register() -> None:
+    for handlers in HANDLERS:
+        if _after_undo_or_load not in handlers:
+            handlers.append(_after_undo_or_load)
+
+
+def unregister() -> None:
+    for handlers in HANDLERS:
+        while _after_undo_or_load in handlers:
+            handlers.remove(_after_undo_or_load)
+    remove()

@@ -256,3 +256,35 @@ def test_generate_variations_without_a_prompt_queues_nothing(settings: Any, tmp_
     with pytest.raises(RuntimeError, match="Type a prompt first"):
         bpy.ops.dreamsmith.generate_variations()
     assert session.STATE.variations is None
+
+
+def test_a_live_object_of_no_running_job_goes_after_a_file_load_undo_or_redo(tmp_path: Path) -> None:
+    from blender_addon.runner import GenerationRun
+
+    live_preview.remove()
+    collection = bpy.context.scene.collection
+    live_preview.show(
+        collection, sphere(6, 1), job_id="old", object_size=1.0, location=(0, 0, 0), rotation_z=0
+    )
+    path = tmp_path / "saved-during-a-run.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    session.STATE = session.SessionState()
+    bpy.ops.wm.open_mainfile(filepath=str(path))  # load_post
+    assert list(live_preview.live_objects()) == []
+    assert live_preview._after_undo_or_load in bpy.app.handlers.undo_post
+
+    # The running job's own live object stays; any other goes.
+    run = GenerationRun(BackendClient(), None, tmp_path, print)  # type: ignore[arg-type]
+    run.job_id = "current"
+    session.STATE.run = run
+    collection = bpy.context.scene.collection
+    live_preview.show(
+        collection, sphere(6, 1), job_id="current", object_size=1.0, location=(0, 0, 0), rotation_z=0
+    )
+    stale = bpy.data.objects.new("ghost", bpy.data.meshes.new("ghost"))
+    stale[live_preview.LIVE_PROPERTY] = "old"
+    collection.objects.link(stale)
+    live_preview._after_undo_or_load()  # what undo_post / redo_post run
+    assert [o[live_preview.LIVE_PROPERTY] for o in live_preview.live_objects()] == ["current"]
+    live_preview.remove()
+    session.STATE = session.SessionState()
