@@ -9,7 +9,7 @@
    (`live_preview.show`: refill the same mesh datablock through `foreach_set`) for 64^3 meshes: the demo
    run's last live mesh and a denser one (a ball filling most of the 64^3 grid); plus reading live.npz.
 
-    .venv/bin/python scripts/bench_live.py [--repeat 2] [--steps N] [--prompt "a red cube"]
+    .venv/bin/python scripts/bench_live.py [--repeat 2] [--steps N] [--live-every N] [--prompt "a red cube"]
         [--json bench_results/live.json]
 """
 
@@ -37,7 +37,9 @@ TARGET_RATIO = 1.10
 UPDATES = 20
 
 
-def backend_runs(prompt: str, steps: int | None, repeat: int) -> tuple[dict[str, Any], Any]:
+def backend_runs(
+    prompt: str, steps: int | None, repeat: int, live_every: int | None = None
+) -> tuple[dict[str, Any], Any]:
     import torch
 
     from backend.config import GenerationConfig
@@ -49,6 +51,8 @@ def backend_runs(prompt: str, steps: int | None, repeat: int) -> tuple[dict[str,
     cfg = GenerationConfig(prompt=prompt, device="cpu")
     if steps is not None:
         cfg.steps = steps
+    if live_every is not None:
+        cfg.live_every = live_every
     cfg.validate()
     priors = PriorCache()
     priors.get(None, torch.device("cpu"))  # load the demo prior before timing
@@ -68,6 +72,7 @@ def backend_runs(prompt: str, steps: int | None, repeat: int) -> tuple[dict[str,
     lives: list[Any] = []
     npz_sizes: list[int] = []
     serialize_s: list[float] = []
+    live_total_s: list[float] = []  # per "on" run: seconds spent extracting live meshes
     order = [("off", "on") if i % 2 == 0 else ("on", "off") for i in range(repeat)]
     with tempfile.TemporaryDirectory(prefix="dreamsmith-bench-live-") as tmp:
         # Untimed warm-up: a process's first run is slower (allocator, kernels' first calls).
@@ -88,14 +93,20 @@ def backend_runs(prompt: str, steps: int | None, repeat: int) -> tuple[dict[str,
                         run_lives.append(p.live_mesh)
 
                 out = Path(tmp) / f"{k}-{mode}"
+                extracted = len(extract_s)
                 start = time.perf_counter()
                 generate(cfg, out, on_progress=on_progress, priors=priors, live_meshes=on)
                 seconds = time.perf_counter() - start
                 times[mode].append(seconds)
                 finals[mode] = (out / "mesh.npz").read_bytes()
+                in_live = sum(extract_s[extracted:])
                 if on:
                     lives = run_lives
-                print(f"  run {k + 1}/{repeat} live {mode:<3}: {seconds:7.2f} s", flush=True)
+                    live_total_s.append(in_live)
+                print(
+                    f"  run {k + 1}/{repeat} live {mode:<3}: {seconds:7.2f} s ({in_live:.2f} s in live meshes)",
+                    flush=True,
+                )
     pipeline.extract_live_mesh = original  # type: ignore[attr-defined]
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     report = {
@@ -109,6 +120,11 @@ def backend_runs(prompt: str, steps: int | None, repeat: int) -> tuple[dict[str,
         "ratio": on / off,
         "live_meshes_per_run": len(lives),
         "extract_median_s": statistics.median(extract_s) if extract_s else None,
+        "extract_total_per_run_s": live_total_s,
+        # The part of a run its live meshes take, measured inside the run (immune to machine load drift).
+        "extract_share": statistics.median(t / r for t, r in zip(live_total_s, times["on"], strict=True))
+        if live_total_s
+        else None,
         "serialize_median_s": statistics.median(serialize_s) if serialize_s else None,
         "npz_bytes_median": int(statistics.median(npz_sizes)) if npz_sizes else None,
         "last_live_faces": int(len(lives[-1].faces)) if lives else None,
@@ -195,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=2, help="pairs of runs, with and without (default 2)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the default, 250)")
+    parser.add_argument(
+        "--live-every", type=int, default=None, help="steps between live meshes (default: the default, 25)"
+    )
     parser.add_argument("--prompt", default="a red cube", help="what to generate (default %(default)r)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench_results" / "live.json", help="result file")
     args = parser.parse_args(argv)
 
     print("backend: the same generation without and with live meshes (interleaved)")
-    backend, last_live = backend_runs(args.prompt, args.steps, args.repeat)
+    backend, last_live = backend_runs(args.prompt, args.steps, args.repeat, args.live_every)
     meshes = {"dense 64^3 ball": dense_live_mesh()}
     if last_live is not None:
         meshes = {"demo run's last live mesh": last_live, **meshes}
@@ -218,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ratio (with / without)", f"{backend['ratio']:.3f}"),
         ("live meshes per run", str(backend["live_meshes_per_run"])),
         ("one live mesh: extraction", f"{1000 * (backend['extract_median_s'] or 0):.0f} ms"),
+        ("share of a run in live meshes", f"{100 * (backend['extract_share'] or 0):.1f} %"),
         ("one live mesh: live.npz bytes", f"{1000 * (backend['serialize_median_s'] or 0):.1f} ms"),
         ("live.npz size", f"{(backend['npz_bytes_median'] or 0) / 1024:.0f} KiB"),
         ("same final mesh bytes", str(backend["same_final_mesh"])),

@@ -155,6 +155,28 @@ def test_the_result_replaces_the_live_mesh(settings: Any) -> None:
     assert not seen_live & object_names()
 
 
+def test_a_failed_run_removes_the_live_mesh(settings: Any, tmp_path: Path) -> None:
+    settings.model = str(tmp_path / "no-such-model")  # the job fails while loading it
+    before = object_names()
+    harness = ModalHarness(bpy.context)
+    run = harness._run
+    # As if a live mesh had come before the failure.
+    live_preview.show(
+        bpy.context.scene.collection,
+        sphere(6, 1),
+        job_id=run.job_id,
+        object_size=1.0,
+        location=(0, 0, 0),
+        rotation_z=0,
+    )
+    deadline = time.monotonic() + 120.0
+    while (result := harness.timer_tick(bpy.context)) == {"RUNNING_MODAL"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert result == {"CANCELLED"} and run.outcome == "failed"
+    assert list(live_preview.live_objects()) == [] and object_names() == before
+
+
 def test_a_headless_run_asks_for_no_live_meshes(settings: Any) -> None:
     settings.live_every = 2
     before = object_names()
@@ -288,3 +310,21 @@ def test_a_live_object_of_no_running_job_goes_after_a_file_load_undo_or_redo(tmp
     assert [o[live_preview.LIVE_PROPERTY] for o in live_preview.live_objects()] == ["current"]
     live_preview.remove()
     session.STATE = session.SessionState()
+
+
+def test_bench_live_measures_both_sides_and_writes_json(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_live", e2e.ROOT / "scripts" / "bench_live.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "live.json"
+    bench.main(["--steps", "5", "--live-every", "2", "--repeat", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    backend = report["backend"]
+    assert backend["live_meshes_per_run"] == 2 and backend["same_final_mesh"] is True
+    assert backend["median_on_s"] > 0 and backend["median_off_s"] > 0 and 0 < backend["extract_share"] < 1
+    for label in ("demo run's last live mesh", "dense 64^3 ball"):
+        assert report["addon"][label]["faces"] > 0 and report["addon"][label]["update_median_s"] > 0
