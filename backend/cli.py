@@ -26,7 +26,7 @@ from backend.fileio import (
 from backend.settings import Setting, settings_of
 
 # What `generate --resume` may change: the rest of a resumed run must stay as it was recorded.
-RESUMABLE_CHANGES = ("steps", "preview_every", "device", "checkpoint_every")
+RESUMABLE_CHANGES = ("steps", "preview_every", "live_every", "device", "checkpoint_every")
 
 
 class _Parser(argparse.ArgumentParser):

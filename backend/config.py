@@ -159,6 +159,16 @@ class GenerationConfig:
     preview_every: int = setting(
         50, "steps between preview images; 0: none", lo=0, hi=100000, api=True, cli=True
     )
+    # A live mesh costs about one step on a CPU with the demo prior (scripts/bench_live.py); every 25 steps
+    # keeps them under 10% of the run. Only a caller that shows them asks for them (the service, for the
+    # add-on's viewport); the command line and the benchmarks make none.
+    live_every: int = setting(
+        25,
+        "steps between live meshes (a coarse mesh of the field, served while the job runs); 0: none",
+        lo=0,
+        hi=100000,
+        api=True,
+    )
     device: str = setting("auto", "where to run: cuda when available, else cpu", choices=DEVICES, cli=True)
     checkpoint_every: int = setting(
         0, "also write a resumable field.pt every N steps (0: only at the end)", lo=0, hi=100000, cli=True

@@ -13,9 +13,9 @@ from types import ModuleType
 
 
 def _modules() -> tuple[ModuleType, ...]:
-    from . import operators, panels, preferences, properties
+    from . import live_preview, operators, panels, preferences, properties, variation_ops
 
-    return (properties, preferences, operators, panels)
+    return (properties, preferences, operators, variation_ops, panels, live_preview)
 
 
 def register() -> None:

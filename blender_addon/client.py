@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ MESH_NPZ = "mesh.npz"
 MESH_GLB = "mesh.glb"
 TEXTURE_PNG = "texture.png"
 ARTIFACTS = (PREVIEW_PNG, MESH_NPZ, MESH_GLB, TEXTURE_PNG)
+# The running job's latest coarse mesh (not an artifact: it exists only while the job runs).
+LIVE_NPZ = "live.npz"
+DOWNLOADS = (*ARTIFACTS, LIVE_NPZ)
 
 START_HINT = "start it from the add-on preferences or run `python -m backend serve`"
 
@@ -218,6 +222,7 @@ class JobStatus:
     request: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     finished_at: float | None = None
+    live_step: int | None = None  # step of the latest live mesh while running (GET live.npz)
 
     @classmethod
     def from_json(cls, data: object) -> JobStatus:
@@ -244,6 +249,7 @@ class JobStatus:
             request=fields.mapping("request"),
             created_at=fields.number("created_at"),
             finished_at=fields.optional_number("finished_at"),
+            live_step=fields.optional_integer("live_step"),
         )
 
     @property
@@ -298,6 +304,7 @@ class GenerationRequest:
     model: str | None = None
     render_size: int = 0
     preview_every: int = 50
+    live_every: int = 25
     camera: CameraRanges = field(default_factory=CameraRanges)
     export: ExportOptions = field(default_factory=ExportOptions)
 
@@ -308,6 +315,7 @@ class GenerationRequest:
             "method": self.method,
             "seed": int(self.seed),
             "preview_every": int(self.preview_every),
+            "live_every": int(self.live_every),
             "camera": {
                 "elevation_deg": [float(v) for v in self.camera.elevation_deg],
                 "azimuth_deg": [float(v) for v in self.camera.azimuth_deg],
@@ -366,6 +374,7 @@ class GenerationRequest:
             model=data.get("model"),
             render_size=int(data.get("render_size") or 0),
             preview_every=int(data.get("preview_every", 50)),
+            live_every=int(data.get("live_every", 25)),
             camera=CameraRanges(
                 elevation_deg=pair("elevation_deg"),
                 azimuth_deg=pair("azimuth_deg"),
@@ -397,13 +406,37 @@ class MeshArrays:
     uvs: npt.NDArray[np.float32] | None = None
 
 
-def read_mesh_npz(path: Path | str) -> MeshArrays:
-    """Load and check a result file; a malformed file raises BackendError naming the problem."""
+@dataclass
+class LiveMesh:
+    """The content of `live.npz`: a coarse mesh of a running job's field after `step` steps (no UVs)."""
+
+    step: int
+    mesh: MeshArrays
+
+
+def read_live_npz(path: Path | str) -> LiveMesh:
+    """Load and check a live mesh file (mesh.npz's arrays and `step`); BackendError when malformed."""
+    arrays = _load_npz(path)
+    step = arrays.get("step")
+    if step is None or step.shape != () or step.dtype.kind not in "iu":
+        raise BackendError(f"The live mesh file {path} has no integer 'step'; backend and add-on disagree.")
+    return LiveMesh(step=int(step), mesh=_mesh_arrays(arrays, path))
+
+
+def _load_npz(path: Path | str) -> dict[str, npt.NDArray[Any]]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BackendError(f"The result file {path} could not be read ({exc}); generate again.") from exc
+
+
+def read_mesh_npz(path: Path | str) -> MeshArrays:
+    """Load and check a result file; a malformed file raises BackendError naming the problem."""
+    return _mesh_arrays(_load_npz(path), path)
+
+
+def _mesh_arrays(arrays: dict[str, npt.NDArray[Any]], path: Path | str) -> MeshArrays:
     for name in ("vertices", "faces", "colors"):
         if name not in arrays:
             raise BackendError(f"The result file {path} has no '{name}' array; backend and add-on disagree.")
@@ -591,7 +624,7 @@ class BackendClient:
         Streamed to the file, at most MAX_DOWNLOAD_BYTES; `quick` uses the status deadline: for small
         files fetched from a UI timer (previews).
         """
-        if name not in ARTIFACTS:
+        if name not in DOWNLOADS:
             raise ValueError(f"unknown artifact {name!r}")
         dest = Path(dest)
         path = f"/v1/jobs/{_quote(job_id)}/{name}"

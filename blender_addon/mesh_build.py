@@ -94,10 +94,16 @@ def build_mesh(name: str, arrays: MeshArrays, scale: float = 1.0) -> bpy.types.M
     Invalid triangles (see `valid_faces`) are left out, so the face count can be a little lower than
     the file's.
     """
+    return fill_mesh(bpy.data.meshes.new(name), arrays, scale)
+
+
+def fill_mesh(mesh: bpy.types.Mesh, arrays: MeshArrays, scale: float = 1.0) -> bpy.types.Mesh:
+    """Replace the geometry of `mesh` (the same datablock, its materials kept) with `arrays`."""
     vertices = arrays.vertices
     faces = valid_faces(arrays.faces, len(vertices))
     n_faces = len(faces)
-    mesh = bpy.data.meshes.new(name)
+    if len(mesh.vertices) or len(mesh.polygons):
+        mesh.clear_geometry()  # attributes, colours and UV layers included
     mesh.vertices.add(len(vertices))
     _set_attribute(mesh, "position", "vector", (vertices * np.float32(scale)).ravel(), mesh.vertices, "co")
     mesh.loops.add(3 * n_faces)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import bpy
 from bpy.props import IntProperty
 
-from . import backend_process, headless, properties, session
+from . import backend_process, headless, live_preview, properties, session
 from .client import (
     MESH_NPZ,
     TEXTURE_PNG,
@@ -23,7 +23,7 @@ from .client import (
     GenerationRequest,
     JobStatus,
 )
-from .generation import import_downloaded, new_run, push_undo
+from .generation import import_downloaded, new_run, push_undo, show_live
 from .preferences import BackendSettings, backend_settings
 from .runner import Downloaded, GenerationRun
 
@@ -55,6 +55,7 @@ def _start(
     state.last_message = ""
     state.preview_icon_id = 0
     state.preview_loaded_version = -1
+    live_preview.remove()  # one left by an earlier session (a file saved while a run was going)
     try:
         run = new_run(context, fetch_previews=fetch_previews)
         run.start()
@@ -70,6 +71,7 @@ def _start(
 
 def _finish(operator: bpy.types.Operator, run: GenerationRun) -> set[OperatorReturnItems]:
     state = session.STATE
+    live_preview.remove()  # replaced by the result already, or the run was cancelled or failed
     if run.outcome == "succeeded":
         operator.report({"INFO"}, state.last_message or "Dreamsmith: done")
         push_undo(f"Dreamsmith: {run.request.prompt[:40]}")
@@ -100,6 +102,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
     _timer: Any = None
     _run: GenerationRun | None = None
     _last_tick: float = 0.0
+    _live_shown: int = 0
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -135,6 +138,11 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
             # A preview that cannot be shown is not worth stopping for.
             with contextlib.suppress(OSError, RuntimeError, KeyError):
                 session.load_preview(run.preview_path, run.preview_version)
+        if not run.finished and run.live_version != self._live_shown:
+            self._live_shown = run.live_version
+            # Nor is a live mesh (e.g. the scene changed under it): the result still comes.
+            with contextlib.suppress(RuntimeError, ReferenceError, KeyError, ValueError):
+                show_live(context, run)
         _redraw(context)
         if not run.finished:
             return {"RUNNING_MODAL"}
@@ -154,6 +162,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
         if self._run is not None and not self._run.finished:
             self._run.request_cancel()
             self._run.tick()
+        live_preview.remove()
         self._remove_timer(context)
 
     def _remove_timer(self, context: bpy.types.Context) -> None:
@@ -163,7 +172,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
 
 
 class DREAMSMITH_OT_cancel(bpy.types.Operator):
-    """Stop the running generation on the backend; nothing is imported"""
+    """Stop the running generation (or variations) on the backend; nothing is imported"""
 
     bl_idname = "dreamsmith.cancel"
     bl_label = "Cancel"
@@ -175,8 +184,11 @@ class DREAMSMITH_OT_cancel(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         run = session.STATE.run
-        if run is not None:
+        if run is not None and not run.finished:
             run.request_cancel()  # the generate operator's next tick tells the backend
+        variations = session.STATE.variations
+        if variations is not None and not variations.finished:
+            variations.request_cancel()  # likewise, one job per tick
         return {"FINISHED"}
 
 

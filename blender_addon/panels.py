@@ -67,6 +67,9 @@ class DREAMSMITH_PT_main(DreamsmithPanel):
             layout.progress(factor=factor, type="BAR", text=run.describe())
             if status is not None and status.loss is not None:
                 layout.label(text=f"loss {status.loss:.4g}", icon="GRAPH")
+        variations = state.variations
+        if variations is not None and state.variations_running:
+            layout.progress(factor=variations.progress, type="BAR", text=variations.describe())
         if state.preview_icon_id:
             box = layout.box()
             box.template_icon(icon_value=state.preview_icon_id, scale=8.0)
@@ -100,6 +103,7 @@ class DREAMSMITH_PT_method(DreamsmithPanel):
         layout.prop(s, "guidance_scale", text="Guidance (0 = default)")
         layout.prop(s, "render_size", text="Render Size (0 = default)")
         layout.prop(s, "preview_every")
+        layout.prop(s, "live_every", text="Live Mesh Every (0 = off)")
 
 
 class DREAMSMITH_PT_camera(DreamsmithPanel):
@@ -212,11 +216,64 @@ class DREAMSMITH_PT_history(DreamsmithPanel):
             _with_index(row.operator("dreamsmith.use_settings", icon="PRESET"), s.history_index)
 
 
+class DREAMSMITH_PT_variations(DreamsmithPanel):
+    """Generate N seeds at once; each one's progress and preview; import the ones you like."""
+
+    bl_idname = "DREAMSMITH_PT_variations"
+    bl_label = "Variations"
+    bl_parent_id = "DREAMSMITH_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.ui()
+        s = properties.settings_of(context)
+        state = session.STATE
+        row = layout.row(align=True)
+        row.prop(s, "variations", text="Seeds")
+        row.operator("dreamsmith.generate_variations", text=f"Generate {s.variations}", icon="PLAY")
+        last = (s.seed + s.variations - 1) % 2**31
+        layout.label(text=f"Seeds {s.seed} to {last}, the rest as set above", icon="INFO")
+        variations = state.variations
+        if variations is None:
+            return
+        for i, run in enumerate(variations.runs):
+            box = layout.box()
+            row = box.row(align=True)
+            row.label(text=f"Seed {run.request.seed}", icon="MESH_MONKEY")
+            imported = variations.imported.get(i)
+            if run.outcome == "succeeded":
+                op = row.operator(
+                    "dreamsmith.import_variation",
+                    text="Import Again" if imported else "Import",
+                    icon="IMPORT",
+                )
+                _with_index(op, i)
+            elif run.finished:
+                row.label(text=run.outcome, icon="CANCEL" if run.outcome == "cancelled" else "ERROR")
+                if run.error:
+                    _wrapped(box, context, run.error)
+            else:
+                status = run.status
+                factor = status.progress if status is not None else 0.0
+                box.progress(factor=factor, type="BAR", text=run.describe())
+            icon = state.variation_icons.get(i)
+            if icon is not None and icon[1]:
+                box.template_icon(icon_value=icon[1], scale=5.0)
+            if imported:
+                box.label(text=f"Imported as '{imported}'", icon="CHECKMARK")
+        row = layout.row(align=True)
+        _with_index(
+            row.operator("dreamsmith.import_variation", text="Import All in a Row", icon="IMPORT"), -1
+        )
+        row.operator("dreamsmith.clear_variations", text="Clear", icon="X")
+
+
 CLASSES = (
     DREAMSMITH_PT_main,
     DREAMSMITH_PT_method,
     DREAMSMITH_PT_camera,
     DREAMSMITH_PT_export,
+    DREAMSMITH_PT_variations,
     DREAMSMITH_PT_backend,
     DREAMSMITH_UL_history,
     DREAMSMITH_PT_history,

@@ -172,6 +172,22 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         min=0,
         max=100000,
     )
+    live_every: IntProperty(
+        name="Live Mesh Every",
+        description="Steps between live meshes: a coarse mesh of the shape as it grows, shown in the "
+        "viewport at the 3D cursor until the result replaces it (0: none; each costs about one step)",
+        default=25,
+        min=0,
+        max=100000,
+    )
+    variations: IntProperty(
+        name="Variations",
+        description="How many jobs Generate Variations queues: the same settings with seeds Seed, "
+        "Seed + 1, ...",
+        default=4,
+        min=2,
+        max=16,
+    )
 
     elevation_min: FloatProperty(
         name="Elevation Min",
@@ -321,6 +337,7 @@ def request_from_settings(s: DreamsmithSettings) -> GenerationRequest:
         model=s.model.strip() or None,
         render_size=s.render_size,
         preview_every=s.preview_every,
+        live_every=s.live_every,
         camera=CameraRanges(
             elevation_deg=ordered(s.elevation_min, s.elevation_max),
             azimuth_deg=ordered(s.azimuth_min, s.azimuth_max),
@@ -349,6 +366,8 @@ def apply_request(s: DreamsmithSettings, req: GenerationRequest) -> None:
     s.model = req.model or ""
     s.render_size = req.render_size
     s.preview_every = req.preview_every
+    # live_every stays: it changes how a run is watched, not its result (headless runs and variations
+    # send 0, and reusing their settings must not switch the viewport's live mesh off).
     s.elevation_min, s.elevation_max = req.camera.elevation_deg
     s.azimuth_min, s.azimuth_max = req.camera.azimuth_deg
     s.distance_min, s.distance_max = req.camera.distance

@@ -1,4 +1,4 @@
-"""One generation as a small state machine: submit, poll, fetch previews, download, import.
+"""One generation as a small state machine: submit, poll, fetch previews and live meshes, download, import.
 
 `tick()` makes at most one short HTTP call, so the modal operator can run one tick per timer event
 without freezing Blender, and the headless path runs the same ticks in a loop (`run_blocking`).
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import (
+    LIVE_NPZ,
     MESH_NPZ,
     PREVIEW_PNG,
     TEXTURE_PNG,
@@ -21,10 +22,14 @@ from .client import (
     BackendError,
     GenerationRequest,
     JobStatus,
+    LiveMesh,
+    read_live_npz,
 )
 
 # Fetch previews at most this often (each fetch is one tick spent not polling).
 PREVIEW_INTERVAL_S = 1.5
+# Live meshes (a coarse mesh of the running job, `live_every` steps apart) at most this often.
+LIVE_INTERVAL_S = 1.0
 # A busy backend may miss a status call's short timeout now and then; a run only fails once the backend
 # has not answered for this long (errors the backend itself reports end the run at once).
 RETRY_GRACE_S = 20.0
@@ -58,21 +63,30 @@ class GenerationRun:
         import_result: ImportResult,
         *,
         fetch_previews: bool = True,
+        fetch_live: bool = False,
+        final_preview: bool = False,
     ) -> None:
         self.client = client
         self.request = request
         self.cache_dir = Path(cache_dir)
         self.import_result = import_result
         self.fetch_previews = fetch_previews
+        self.fetch_live = fetch_live
+        self.final_preview = final_preview  # fetch the finished job's own preview before the import
         self.job_id: str | None = None
         self.status: JobStatus | None = None
         self.outcome = "running"
         self.error: str | None = None
         self.imported: Any = None
+        self.target: Any = None  # where the caller will put the result (opaque here)
         self.preview_path: Path | None = None
         self.preview_version = 0  # bumps on every new preview, so the UI knows to reload it
         self._preview_step = -1
         self._preview_time = 0.0
+        self.live_mesh: LiveMesh | None = None  # the latest live mesh fetched
+        self.live_version = 0  # bumps on every new live mesh, so the viewport knows to update
+        self._live_step: int | None = None
+        self._live_time = 0.0
         self._cancel_requested = False
         self._next: str = "poll"
         self.retry_grace_s = RETRY_GRACE_S
@@ -97,6 +111,10 @@ class GenerationRun:
         """Submit the request (one call). Raises BackendError when the backend is down or refuses it."""
         self.status = self.client.submit(self.request)
         self.job_id = self.status.id
+
+    def fail(self, message: str) -> None:
+        """End the run as failed with `message` (e.g. it could not even be submitted)."""
+        self._fail(message)
 
     def request_cancel(self) -> None:
         """Ask for a stop; the next tick tells the backend and ends the run as cancelled."""
@@ -127,7 +145,7 @@ class GenerationRun:
             return "cancelled"
         if self.outcome == "failed":
             return "failed"
-        if self._next in ("mesh", "texture"):
+        if self._next in ("mesh", "texture", "final preview"):
             return "downloading result..."
         if self._next == "import":
             return "importing..."
@@ -155,6 +173,8 @@ class GenerationRun:
                 self.outcome = "cancelled"
             elif self._preview_due(st):
                 self._next = "preview"
+            elif self._live_due(st):
+                self._next = "live"
         elif self._next == "preview":
             self._next = "poll"
             try:
@@ -167,12 +187,25 @@ class GenerationRun:
             self.preview_version += 1
             self._preview_time = time.monotonic()
             self._preview_step = self.status.step if self.status else 0
+        elif self._next == "live":
+            self._next = "poll"
+            self._fetch_live()
         elif self._next == "mesh":
             self.client.download(self.job_id, MESH_NPZ, self.job_dir / MESH_NPZ)
-            self._next = "texture" if self._wants_texture() else "import"
+            self._next = "texture" if self._wants_texture() else self._after_download()
         elif self._next == "texture":
             self.client.download(self.job_id, TEXTURE_PNG, self.job_dir / TEXTURE_PNG)
+            self._next = self._after_download()
+        elif self._next == "final preview":
             self._next = "import"
+            try:
+                path = self.client.download(self.job_id, PREVIEW_PNG, self.job_dir / PREVIEW_PNG, quick=True)
+            except BackendError as exc:
+                if exc.status == 404:  # a run without previews
+                    return
+                raise
+            self.preview_path = path
+            self.preview_version += 1
         elif self._next == "import":
             assert self.status is not None
             texture = self.job_dir / TEXTURE_PNG if self._wants_texture() else None
@@ -205,6 +238,33 @@ class GenerationRun:
             and st.step != self._preview_step
             and time.monotonic() - self._preview_time >= PREVIEW_INTERVAL_S
         )
+
+    def _live_due(self, st: JobStatus) -> bool:
+        return (
+            self.fetch_live
+            and st.state == "running"
+            and st.live_step is not None
+            and st.live_step != self._live_step
+            and time.monotonic() - self._live_time >= LIVE_INTERVAL_S
+        )
+
+    def _fetch_live(self) -> None:
+        """Fetch the latest live mesh. Best effort: a live mesh that does not come (the job ended, the
+        backend is slow, a bad file) is skipped, never the end of the run."""
+        assert self.job_id is not None and self.status is not None
+        self._live_time = time.monotonic()
+        self._live_step = self.status.live_step  # not asked for again, whatever happens below
+        try:
+            path = self.client.download(self.job_id, LIVE_NPZ, self.job_dir / LIVE_NPZ, quick=True)
+            live = read_live_npz(path)
+        except BackendError:
+            return
+        self.live_mesh = live
+        self._live_step = live.step
+        self.live_version += 1
+
+    def _after_download(self) -> str:
+        return "final preview" if self.final_preview else "import"
 
     def _wants_texture(self) -> bool:
         return self.status is not None and TEXTURE_PNG in self.status.artifacts

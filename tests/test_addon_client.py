@@ -5,6 +5,7 @@ run polls, fetches previews, downloads and imports, or cancels, one short call p
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import threading
@@ -464,3 +465,97 @@ def test_a_token_the_backend_would_refuse_is_said_before_any_call() -> None:
     assert (
         BackendClient(f"http://127.0.0.1:{free_port()}", token="  a-b_c.d~e+f/g=  ").token == "a-b_c.d~e+f/g="
     )
+
+
+class LiveClient(ScriptedClient):
+    """Also serves live meshes: `live` maps a step to the bytes of its live.npz (None: a 404)."""
+
+    def __init__(self, states: list[JobStatus], tmp: Path, live: dict[int, bytes | None]) -> None:
+        super().__init__(states, tmp)
+        self.live = live
+        self.current: int | None = None
+
+    def job(self, job_id: str) -> JobStatus:
+        st = super().job(job_id)
+        self.current = st.live_step
+        return st
+
+    def download(self, job_id: str, name: str, dest: Path, *, quick: bool = False) -> Path:
+        if name != "live.npz":
+            return super().download(job_id, name, dest, quick=quick)
+        self.calls.append(f"download live.npz {self.current}")
+        assert quick, "live meshes are fetched from the UI timer: the short deadline"
+        data = self.live.get(self.current or 0)
+        if data is None:
+            raise BackendError("gone", status=404)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return dest
+
+
+def live_npz(step: int, n: int = 3) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, vertices=np.zeros((n, 3), np.float32), faces=np.array([[0, 1, 2]], np.int32),
+             colors=np.zeros((n, 4), np.uint8), step=np.int64(step))  # fmt: skip
+    return buf.getvalue()
+
+
+def live_status(state: str, step: int, live_step: int | None) -> JobStatus:
+    st = status(state, step)
+    st.live_step = live_step
+    return st
+
+
+def test_a_run_fetches_each_new_live_mesh_once_and_a_bad_one_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    import blender_addon.runner as runner
+
+    monkeypatch.setattr(runner, "LIVE_INTERVAL_S", 0.0)
+    client = LiveClient(
+        [
+            live_status("running", 1, None),
+            live_status("running", 2, 2),
+            live_status("running", 3, 2),  # the same live mesh: not fetched again
+            live_status("running", 4, 4),  # a malformed file: skipped, the run goes on
+            live_status("running", 6, 6),  # gone meanwhile (404): skipped
+            live_status("running", 8, 8),
+            status("succeeded", 10, ("mesh.npz",)),
+        ],
+        tmp_path,
+        {2: live_npz(2), 4: b"not an npz", 6: None, 8: live_npz(8, n=5)},
+    )
+    shown: list[tuple[int, int]] = []
+    run = GenerationRun(client, GenerationRequest(prompt="x"), tmp_path, print, fetch_live=True)  # type: ignore[arg-type]
+    run.start()
+    while not run.tick():
+        if run.live_mesh is not None and (not shown or shown[-1][0] != run.live_version):
+            shown.append((run.live_version, run.live_mesh.step))
+    assert run.outcome == "succeeded" and run.error is None
+    assert shown == [(1, 2), (2, 8)] and len(run.live_mesh.mesh.vertices) == 5  # type: ignore[union-attr]
+    assert [c for c in client.calls if c.startswith("download live")] == [
+        "download live.npz 2",
+        "download live.npz 4",
+        "download live.npz 6",
+        "download live.npz 8",
+    ]
+    # A run that does not show live meshes never asks for them.
+    client = LiveClient([live_status("running", 2, 2), status("succeeded", 10)], tmp_path, {2: live_npz(2)})
+    run = GenerationRun(client, GenerationRequest(prompt="x"), tmp_path, print)  # type: ignore[arg-type]
+    run_blocking(run, poll_interval_s=0.0)
+    assert not any("live" in c for c in client.calls) and run.live_mesh is None
+
+
+def test_read_live_npz_checks_the_step_and_the_arrays(tmp_path: Path) -> None:
+    from blender_addon.client import read_live_npz
+
+    good = tmp_path / "live.npz"
+    good.write_bytes(live_npz(7))
+    live = read_live_npz(good)
+    assert live.step == 7 and live.mesh.faces.tolist() == [[0, 1, 2]]
+    no_step = tmp_path / "no_step.npz"
+    np.savez(no_step, vertices=np.zeros((3, 3), np.float32), faces=np.zeros((1, 3), np.int32))
+    with pytest.raises(BackendError, match="no integer 'step'"):
+        read_live_npz(no_step)
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(live_npz(7)[:100])
+    with pytest.raises(BackendError, match="could not be read"):
+        read_live_npz(truncated)

@@ -154,6 +154,7 @@ class ModalHarness:
     _remove_timer = operators.DREAMSMITH_OT_generate._remove_timer
     _timer = None
     _last_tick = 0.0
+    _live_shown = 0
 
     def __init__(self, context: Any) -> None:
         self.reports: list[tuple[set[str], str]] = []

@@ -28,6 +28,7 @@ SCALARS = {
     "guidance_scale": ("guidance_scale", True),
     "render_size": ("render_size", True),
     "preview_every": ("preview_every", False),
+    "live_every": ("live_every", False),
     "mesh_resolution": ("export.mesh_resolution", False),
     "texture_size": ("export.texture_size", False),
     "target_faces": ("export.target_faces", False),
@@ -98,6 +99,7 @@ def test_client_request_defaults_are_the_backends() -> None:
     assert ExportOptions().__dict__ == {k: v for k, v in export.__dict__.items() if k != "threshold"}
     request = GenerationRequest(prompt="x")
     assert request.preview_every == GenerationConfig(prompt="x").preview_every
+    assert request.live_every == GenerationConfig(prompt="x").live_every
     assert request.method == properties.DEFAULT_METHOD == BACKEND["method"].default
 
 

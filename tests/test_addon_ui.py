@@ -88,6 +88,7 @@ def draw_all(context: Any) -> dict[str, list[tuple[str, tuple[Any, ...], dict[st
         "DREAMSMITH_PT_method",
         "DREAMSMITH_PT_camera",
         "DREAMSMITH_PT_export",
+        "DREAMSMITH_PT_variations",
         "DREAMSMITH_PT_backend",
         "DREAMSMITH_PT_history",
     }
@@ -232,3 +233,38 @@ def test_randomize_seed_changes_the_seed() -> None:
         assert bpy.ops.dreamsmith.randomize_seed() == {"FINISHED"}
         seeds.add(settings.seed)
     assert len(seeds) > 1
+
+
+def test_variations_panel_shows_each_ones_progress_preview_and_import() -> None:
+    from blender_addon.variations import VariationSet
+
+    settings = properties.settings_of(bpy.context.scene)
+    idle = draw_all(bpy.context)["DREAMSMITH_PT_variations"]
+    assert "dreamsmith.generate_variations" in operators_drawn(idle)
+    assert f"Generate {settings.variations}" in texts(idle)
+
+    request = GenerationRequest(prompt="a red cube", seed=7)
+    variations = VariationSet(BackendClient(), request, 3, cache_dir=".", keep_result=lambda i, done: done)
+    done, running, queued = variations.runs
+    done.job_id, done.outcome, done.imported = "a", "succeeded", object()
+    running.job_id = "b"
+    running.status = JobStatus(id="b", state="running", phase="optimizing", step=5, steps=10)
+    queued.job_id = "c"
+    queued.status = JobStatus(id="c", state="queued", steps=10)
+    session.STATE.variations = variations
+    session.STATE.variation_icons = {0: (1, 17), 1: (2, 18)}
+    drawn = draw_all(bpy.context)
+    panel = drawn["DREAMSMITH_PT_variations"]
+    assert [r.request.seed for r in variations.runs] == [7, 8, 9]
+    assert all(f"Seed {seed}" in texts(panel) for seed in (7, 8, 9))
+    bars = [kw for name, _a, kw in panel if name == "progress"]
+    assert [b["factor"] for b in bars] == [pytest.approx(0.5), 0.0]
+    assert bars[0]["text"] == "optimizing 5/10" and bars[1]["text"] == "waiting in the backend's queue..."
+    assert [kw["icon_value"] for name, _a, kw in panel if name == "template_icon"] == [17, 18]
+    props = [args[1].values for name, args, _k in panel if name == "operator-props"]
+    assert {"index": 0} in props and {"index": -1} in props  # import this one; import all in a row
+    # While they run, the main panel offers Cancel and the whole set's progress.
+    main = drawn["DREAMSMITH_PT_main"]
+    assert "dreamsmith.cancel" in operators_drawn(main)
+    (total,) = [kw for name, _a, kw in main if name == "progress"]
+    assert total["factor"] == pytest.approx(1.5 / 3) and total["text"].startswith("1 of 3 variations done")

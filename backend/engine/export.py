@@ -182,6 +182,14 @@ def density_grid(
     return grid
 
 
+def empty_level(threshold: float | None) -> float | None:
+    """`density_grid`'s `empty_below` for a surface at `threshold` (None: automatic): clearly below the
+    level, so that skipping empty space never skips the surface."""
+    if threshold is None:
+        return EMPTY_DENSITY
+    return min(EMPTY_DENSITY, 0.5 * threshold) if threshold > 0 else None
+
+
 def auto_threshold(grid: NDArray[Any]) -> float:
     """Density level separating the object from empty space, from the grid's own statistics.
 
@@ -452,11 +460,7 @@ def export_result(
     """
     out_dir = Path(out_dir)
     bound = float(field.bound)
-    # Skipping empty space must stay clearly below the surface level (see `density_grid`).
-    empty_below: float | None = EMPTY_DENSITY
-    if export.threshold is not None:
-        empty_below = min(EMPTY_DENSITY, 0.5 * export.threshold) if export.threshold > 0 else None
-    grid = density_grid(field, export.mesh_resolution, empty_below=empty_below, check=check)
+    grid = density_grid(field, export.mesh_resolution, empty_below=empty_level(export.threshold), check=check)
     grid = smooth_grid(grid, export.smoothing, check)
     check()
     threshold = export.threshold if export.threshold is not None else surface_level(field)

@@ -19,6 +19,7 @@ from backend.engine.background import make_background
 from backend.engine.cancellation import call_stoppable, stop_check, stop_inside_autograd
 from backend.engine.checkpoint import FILENAME, FieldCheckpoint, save_checkpoint
 from backend.engine.export import export_result
+from backend.engine.live import LiveMesh, extract_live_mesh
 from backend.engine.optimize import DistillationRun, preview_png
 from backend.engine.prior import PriorCache, resolve_device
 from backend.engine.rendering import make_renderer
@@ -37,6 +38,7 @@ class Progress:
     elapsed_s: float = 0.0
     eta_s: float | None = None
     preview_png: bytes | None = None
+    live_mesh: LiveMesh | None = None  # a coarse mesh of the field at `step` (`live.py`), when one is due
 
 
 @dataclass
@@ -68,6 +70,7 @@ def generate(
     resume: FieldCheckpoint | None = None,
     resumable_checkpoint: bool = True,
     checkpoint_on_stop: bool = False,
+    live_meshes: bool = False,
 ) -> GenerationResult:
     """Run one generation and write mesh.glb, mesh.npz, preview.png (+ texture.png) and field.pt.
 
@@ -75,7 +78,9 @@ def generate(
     optimizer). resume: continue the run this resumable checkpoint recorded (same settings but `steps`
     and the export). resumable_checkpoint: keep the optimizer state in field.pt (needed to resume; on a
     GPU it makes the file ~3x the weights). checkpoint_on_stop: write field.pt before honouring the stop
-    flag or Ctrl-C, so the run can be resumed.
+    flag or Ctrl-C, so the run can be resumed. live_meshes: extract a coarse mesh every `cfg.live_every`
+    steps (not after the last one: the export follows) into `Progress.live_mesh`, for a caller that shows
+    the shape as it grows.
     """
     cfg.validate()
     out_dir = Path(out_dir)
@@ -113,6 +118,9 @@ def generate(
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
                 preview = run.preview_png()
                 check_stop()
+            live = None
+            if live_meshes and cfg.live_every and done % cfg.live_every == 0 and done < cfg.steps:
+                live = extract_live_mesh(run.geometry, done, cfg.export, check=check_stop)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_checkpoint(out_dir / FILENAME, run.checkpoint(resumable=True))
             report(
@@ -122,6 +130,7 @@ def generate(
                 loss=stats.loss,
                 eta_s=_eta(time.perf_counter() - opt_start, done - first, cfg.steps - first),
                 preview_png=preview if cfg.preview_every and done % cfg.preview_every == 0 else None,
+                live_mesh=live,
             )
         check_stop()
         if preview is None:

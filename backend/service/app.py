@@ -39,6 +39,9 @@ from backend.service.schemas import (
     JobStatus,
 )
 
+LIVE_NPZ = "live.npz"
+LIVE_STEP_HEADER = "X-Dreamsmith-Step"
+
 log = logging.getLogger("dreamsmith.service")
 
 MAX_BODY_BYTES = 64 * 1024
@@ -199,6 +202,27 @@ def create_app(
 
     for name in ARTIFACTS:
         _add_artifact_route(app, store, name)
+
+    @app.get(
+        f"/v1/jobs/{{job_id}}/{LIVE_NPZ}",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                "headers": {LIVE_STEP_HEADER: {"description": "the step the mesh belongs to"}},
+            },
+            **_errors(404),
+        },
+    )
+    async def get_live_npz(job_id: str) -> Response:
+        """The running job's latest live mesh (`live_every`): mesh.npz's arrays plus `step`, always a whole
+        file; its step also in the `X-Dreamsmith-Step` header. 404 before the first one and once the job
+        has ended (its result replaces it)."""
+        step, data = store.live_mesh(job_id)
+        return Response(
+            data, media_type="application/octet-stream", headers={**NO_STORE, LIVE_STEP_HEADER: str(step)}
+        )
+
     return app
 
 

@@ -9,7 +9,8 @@ as it is. Temporary files of a killed writer are removed; files are never served
 
 The in-memory `Job` is the truth the HTTP side reads (under one short lock, never held during I/O);
 `state.json` follows it at phase changes and at most once per `state_interval` while optimizing, so
-persistence does not slow the engine down.
+persistence does not slow the engine down. The latest live mesh of the running job (`engine/live.py`) is
+kept in memory only, as the whole `live.npz` it is served as, and dropped when the job ends.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class Job:
     # Live-only fields (not persisted).
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     preview: bytes | None = field(default=None, repr=False)  # latest preview, newer than the file
+    live: tuple[int, bytes] | None = field(default=None, repr=False)  # (step, live.npz) while running
     started_mono: float | None = None
     progress_mono: float | None = None
     outcome: str | None = None  # decided by `JobStore.finish` just before the state is set
@@ -130,12 +132,13 @@ class Job:
             "request": self.request,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "live_step": None if self.live is None else self.live[0],
         }
 
     def record(self) -> dict[str, Any]:
-        """What state.json holds (the request has its own file)."""
+        """What state.json holds (the request has its own file; live meshes live in memory only)."""
         status = self.status()
-        del status["request"], status["artifacts"]
+        del status["request"], status["artifacts"], status["live_step"]
         return status
 
 
@@ -406,6 +409,14 @@ class JobStore:
             live = job.preview if name == "preview.png" else None
             return live, job.dir / name
 
+    def live_mesh(self, job_id: str) -> tuple[int, bytes]:
+        """(step, whole live.npz) of the job's latest live mesh; 404 before its first one and once it ended."""
+        with self._lock:
+            live = self._get(job_id).live
+        if live is None:
+            raise ApiError(404, "not_found", "this job has no live mesh (not yet, or it has ended)")
+        return live
+
     # ---- worker side ----------------------------------------------------------------------------------
 
     def next_job(self, stop: threading.Event, timeout: float = 0.5) -> Job | None:
@@ -474,7 +485,7 @@ class JobStore:
             if job.started_mono is not None:
                 job.elapsed_s = time.monotonic() - job.started_mono
             job.eta_s = 0.0 if state == "succeeded" else None
-            job.artifacts, job.preview = artifacts, None
+            job.artifacts, job.preview, job.live = artifacts, None, None
         self.persist(job)
 
 
@@ -562,6 +573,9 @@ class Worker:
                 if "preview.png" not in job.artifacts:
                     changes["artifacts"] = [*job.artifacts, "preview.png"]
                 pending_preview = True
+            live = getattr(p, "live_mesh", None)
+            if live is not None:  # serialized here, on the worker thread: the route sends the bytes whole
+                changes["live"] = (int(live.step), live.npz_bytes())
             self.store.update(job, **changes)
             if phase_changed and self._priors is not None and hasattr(self._priors, "loaded"):
                 self.loaded_models = list(self._priors.loaded())
@@ -590,6 +604,7 @@ class Worker:
                 should_stop=should_stop,
                 priors=priors,
                 resumable_checkpoint=False,  # jobs are not resumed: the weights alone, a third of the size
+                live_meshes=True,  # every `live_every` steps, for the add-on's viewport (0: none)
             )
         except GenerationCancelled:
             if job.cancel.is_set():

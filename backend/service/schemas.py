@@ -27,6 +27,10 @@ ARTIFACT_MEDIA_TYPES = {
 }
 
 
+# Texts with a stricter rule than "not only whitespace", stated in the schema (JobRequest words the error).
+PATTERNS = {"model": r"^(?![^\n]*[\x00-\x1f\x7f])[^\n]*\S"}  # a folder or hub id: no control characters
+
+
 def _integral(value: object) -> object:
     # JSON Schema's "integer" includes 5.0; strings and booleans stay errors.
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -57,7 +61,10 @@ def _wire_type(s: Setting) -> tuple[Any, dict[str, Any]]:
             return Literal[allowed], {}
         text: dict[str, Any] = {"max_length": spec.max_chars}
         if spec.min_chars:
-            text |= {"min_length": spec.min_chars, "pattern": r"\S"}  # not only whitespace
+            text |= {
+                "min_length": spec.min_chars,
+                "pattern": PATTERNS.get(s.key, r"\S"),
+            }  # not only whitespace
         return str, {k: v for k, v in text.items() if v is not None}
     if typing.get_origin(tp) is tuple:
         n = len(typing.get_args(tp))
@@ -95,10 +102,10 @@ def request_model(cls: type, name: str) -> type[BaseModel]:
 class JobRequest(request_model(GenerationConfig, "_JobRequestFields")):  # type: ignore[misc]
     """POST /v1/jobs body. Defaults are the engine's; omitted `model` is the built-in demo prior."""
 
-    @field_validator("model", check_fields=False)
+    @field_validator("model", mode="before", check_fields=False)
     @classmethod
-    def _printable_model(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+    def _printable_model(cls, value: object) -> object:
+        if isinstance(value, str) and (not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value)):
             raise ValueError("must be a local folder or a hub id without control characters")
         return value
 
@@ -123,6 +130,10 @@ class JobStatus(BaseModel):
     request: dict[str, Any]
     created_at: float
     finished_at: float | None
+    live_step: int | None = Field(
+        default=None,
+        description="step of the latest live mesh (GET /v1/jobs/{id}/live.npz) while the job runs; else null",
+    )
 
 
 class JobList(BaseModel):
