@@ -211,6 +211,12 @@ class GenerationConfig:
     lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
     lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)
     lambda_eikonal: float = setting(0.1, "weight of an SDF geometry's eikonal term", lo=0.0, hi=1e6)
+    grid_levels_start: int = setting(
+        0, "coarse-to-fine: hash-grid levels active at the start (0: all from the start)", lo=0, hi=32
+    )
+    grid_levels_ramp: float = setting(
+        0.5, "coarse-to-fine: fraction of the run after which every level is active", lo=0.0, hi=1.0
+    )
     sdf_beta: tuple[float, float] = setting(
         (0.1, 0.1),
         "an SDF geometry's surface softness (Laplace scale), at the start and at the end",

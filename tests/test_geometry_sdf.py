@@ -87,3 +87,28 @@ def test_the_config_chooses_the_geometry() -> None:
     assert make_geometry(GenerationConfig(prompt="x"), cpu).kind == "nerf"
     sdf = make_geometry(GenerationConfig(prompt="x", geometry="sdf", sdf_beta=(0.08, 0.02)), cpu)
     assert isinstance(sdf, SDFField) and (sdf.cfg.beta_start, sdf.cfg.beta_end) == (0.08, 0.02)
+
+
+def test_coarse_to_fine_levels_fade_in_and_are_off_by_default() -> None:
+    from backend.engine.geometry.progressive import ProgressiveLevels
+
+    levels = ProgressiveLevels(n_levels=4, n_features=2, start=2, ramp=0.5)
+    assert levels.weights.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    levels.update(25, 101)  # halfway through the ramp (50 steps): 3 of 4 levels
+    assert levels.weights.tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+    levels.update(60, 101)
+    assert levels.all_active
+    h = torch.randn(5, 8)
+    levels.update(0, 101)
+    assert torch.equal(levels(h)[:, 4:], torch.zeros(5, 4)) and torch.equal(levels(h)[:, :4], h[:, :4])
+    off = ProgressiveLevels(n_levels=4, n_features=2, start=0)
+    assert off.all_active and off(h) is h  # exactly the features: runs without it are unchanged
+
+
+def test_geometries_take_the_coarse_to_fine_setting() -> None:
+    cpu = torch.device("cpu")
+    for kind in ("nerf", "sdf"):
+        geometry = make_geometry(GenerationConfig(prompt="x", geometry=kind, grid_levels_start=4), cpu)
+        geometry.on_step(0, 100)
+        features = geometry.density_and_features(torch.zeros(3, 3))[1]
+        assert torch.count_nonzero(features[:, 8:]) == 0 and torch.count_nonzero(features[:, :8]) > 0

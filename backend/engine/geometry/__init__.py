@@ -24,11 +24,15 @@ def field_config_for(device: torch.device) -> FieldConfig:
 
 def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
     """The untrained geometry of a generation, `cfg.geometry` (parameters drawn from torch's global RNG)."""
+    start, ramp = cfg.grid_levels_start, cfg.grid_levels_ramp
     if cfg.geometry == SDFField.kind:
         sdf = SDFConfig() if device.type == "cuda" else SDFConfig.small()
-        sdf = dataclasses.replace(sdf, beta_start=cfg.sdf_beta[0], beta_end=cfg.sdf_beta[1])
+        sdf = dataclasses.replace(
+            sdf, beta_start=cfg.sdf_beta[0], beta_end=cfg.sdf_beta[1], levels_start=start, levels_ramp=ramp
+        )
         return SDFField(sdf, device=device)
-    return RadianceField(field_config_for(device), device=device)
+    nerf = dataclasses.replace(field_config_for(device), levels_start=start, levels_ramp=ramp)
+    return RadianceField(nerf, device=device)
 
 
 def build_geometry(spec: dict[str, Any], device: torch.device | str = "cpu") -> Geometry:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.hashgrid import HashGridConfig, make_hash_grid
+from backend.engine.geometry.progressive import ProgressiveLevels
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
@@ -43,6 +44,10 @@ class FieldConfig:
     # "central": (sigma(x + e) - sigma(x - e)) / 2 eps, 6 density evaluations per point, error O(eps^2);
     # "forward": (sigma(x + e) - sigma(x)) / eps, 3 evaluations when the caller has sigma(x), error O(eps).
     normal_stencil: str = "central"
+    # Coarse-to-fine levels (`progressive.py`): this many levels at the start, all by `levels_ramp` of
+    # the run; 0: every level from the start.
+    levels_start: int = 0
+    levels_ramp: float = 0.5
 
     @property
     def hash_grid(self) -> HashGridConfig:
@@ -85,6 +90,9 @@ class RadianceField(Geometry):
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.encoding = make_hash_grid(cfg.hash_grid, device)
+        self.levels = ProgressiveLevels(
+            cfg.n_levels, cfg.n_features_per_level, cfg.levels_start, cfg.levels_ramp
+        ).to(device)
         n_enc = self.encoding.n_output_dims
         self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
         self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
@@ -93,9 +101,12 @@ class RadianceField(Geometry):
     def feature_dim(self) -> int:
         return int(self.encoding.n_output_dims)
 
+    def on_step(self, step: int, total: int) -> None:
+        self.levels.update(step, total)
+
     def _encode(self, x: Tensor) -> Tensor:
         """World points [N, 3] -> hash features [N, L * F] (positions mapped to [0, 1]^3)."""
-        return cast(Tensor, self.encoding((x + self.bound) / (2.0 * self.bound)))
+        return cast(Tensor, self.levels(self.encoding((x + self.bound) / (2.0 * self.bound))))
 
     def _inside(self, x: Tensor) -> Tensor:
         return (x.abs() <= self.bound).all(-1)  # [N]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.hashgrid import HashGridConfig, make_hash_grid
 from backend.engine.geometry.nerf import _mlp
+from backend.engine.geometry.progressive import ProgressiveLevels
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
@@ -48,6 +49,8 @@ class SDFConfig:
     # "central": 6 evaluations of d per normal; "forward": 4 (3 more given d(x)), as FieldConfig.small.
     normal_stencil: str = "central"
     eikonal_points: int = 1024
+    levels_start: int = 0  # coarse-to-fine levels, as FieldConfig
+    levels_ramp: float = 0.5
     # The density is exactly 0 farther than this many beta outside the surface (the Laplace tail there is
     # below 0.3% of the surface density): the empty-space grid can then skip the haze around the object.
     cutoff: float = 6.0
@@ -94,6 +97,9 @@ class SDFField(Geometry):
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.encoding = make_hash_grid(cfg.hash_grid, device)
+        self.levels = ProgressiveLevels(
+            cfg.n_levels, cfg.n_features_per_level, cfg.levels_start, cfg.levels_ramp
+        ).to(device)
         n_enc = self.encoding.n_output_dims
         self.sdf_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
         self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
@@ -112,9 +118,10 @@ class SDFField(Geometry):
     def on_step(self, step: int, total: int) -> None:
         f = min(max(step / max(total - 1, 1), 0.0), 1.0)
         self.beta.fill_(self.cfg.beta_start * (self.cfg.beta_end / self.cfg.beta_start) ** f)
+        self.levels.update(step, total)
 
     def _encode(self, x: Tensor) -> Tensor:
-        return cast(Tensor, self.encoding((x + self.bound) / (2.0 * self.bound)))
+        return cast(Tensor, self.levels(self.encoding((x + self.bound) / (2.0 * self.bound))))
 
     def _sdf_from_features(self, h: Tensor, x: Tensor) -> Tensor:
         f = cast(Tensor, self.sdf_mlp(h)).squeeze(-1)
