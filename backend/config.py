@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.errors import InvalidConfig
-from backend.settings import nested_fields, setting, settings_of, validate_settings
+from backend.settings import Setting, nested_fields, setting, settings_of, validate_settings
 
 DEFAULT_METHOD = "tp-sds"
 DEFAULT_T_MAX = 0.98  # for models that recommend none (docs/design.md, "Timestep schedules")
@@ -133,11 +133,13 @@ class GenerationConfig:
     )
     guidance_scale: float | None = setting(
         None,
-        "classifier-free guidance scale; 0 or omitted: the method's default",
+        "classifier-free guidance scale; 0 or omitted: the model's recommendation for the method's rule, "
+        "else the rule's default",
         lo=0.0,
         hi=1000.0,
         api=True,
         cli=True,
+        recommended=True,
     )
     model: str | None = setting(
         None,
@@ -184,6 +186,7 @@ class GenerationConfig:
         "largest timestep as a fraction of T; omitted: the model's recommendation, else 0.98",
         lo=0.0,
         hi=1.0,
+        recommended=True,
     )
     # Uniform schedule window annealing (ScaleDreamer slides [500, 980] to [20, 500]); None = the rule's own.
     anneal_window: tuple[float, float, float, float] | None = setting(
@@ -277,6 +280,29 @@ def validate_config(cfg: GenerationConfig) -> None:
 
 def _from_plain(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+def recommendable() -> dict[str, Setting]:
+    """The settings a model's `dreamsmith.json` may recommend (their None means "the model's value")."""
+    return {s.key: s for s in settings_of(GenerationConfig) if s.spec.recommended}
+
+
+def with_recommendations(cfg: GenerationConfig, recommended: dict[str, Any]) -> GenerationConfig:
+    """`cfg` with every recommendable setting it leaves unset filled in: the model's recommendation, else
+    the engine's default (t_max 0.98; guidance: the method's rule's default). A guidance recommendation is
+    a number, or one per rule name ({"sds": 5, "asd": 7.5})."""
+    from backend.engine.methods import METHODS
+
+    rule = METHODS[cfg.method].rule
+    changes: dict[str, Any] = {}
+    if cfg.t_max is None:
+        changes["t_max"] = float(recommended.get("t_max", DEFAULT_T_MAX))
+    if not cfg.guidance_scale:
+        guidance = recommended.get("guidance_scale")
+        if isinstance(guidance, dict):
+            guidance = guidance.get(rule.name)
+        changes["guidance_scale"] = float(guidance if guidance is not None else rule.default_guidance_scale)
+    return dataclasses.replace(cfg, **changes)
 
 
 def config_from_dict(data: dict[str, Any]) -> GenerationConfig:

@@ -36,6 +36,8 @@ class Spec:
     api: bool = False  # part of the HTTP request (POST /v1/jobs)
     cli: bool = False  # a `generate` option (every setting can also be given with --set KEY=VALUE)
     cli_help: str | None = None  # the option's help when it differs from `help`
+    # None in a config means "the model's recommendation (its dreamsmith.json), else the engine's default".
+    recommended: bool = False
 
     def allowed(self) -> tuple[str, ...] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -54,10 +56,11 @@ def setting(
     api: bool = False,
     cli: bool = False,
     cli_help: str | None = None,
+    recommended: bool = False,
     factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A dataclass field carrying its `Spec` (use as `steps: int = setting(250, "...", lo=1, hi=20000)`)."""
-    spec = Spec(help, lo, hi, choices, min_chars, max_chars, ordered, api, cli, cli_help)
+    spec = Spec(help, lo, hi, choices, min_chars, max_chars, ordered, api, cli, cli_help, recommended)
     metadata = {SETTING: spec}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)

@@ -222,7 +222,14 @@ def test_a_model_folder_may_recommend_t_max(tiny_pixel_prior: Path, tmp_path: Pa
     assert run.cfg.t_max == 0.9
     run = DistillationRun(GenerationConfig(prompt="a red cube"), load_prior(str(tiny_pixel_prior), CPU), CPU)
     assert run.cfg.t_max == DEFAULT_T_MAX
-    for bad in ('{"t_max": 7}', '{"t_max": "high"}', "not json"):
+    for bad in (
+        '{"t_max": 7}',
+        '{"t_max": "high"}',
+        "not json",
+        "[0.6]",
+        '{"guidance_scale": -3}',
+        '{"guidance_scale": {"sds": 5, "teleport": 3}}',
+    ):
         (folder / "dreamsmith.json").write_text(bad)
         with pytest.raises(ModelLoadError) as exc:
             load_prior(str(folder), CPU)
@@ -310,3 +317,26 @@ def test_huge_model_metadata_is_refused_unread(tiny_pixel_prior: Path, tmp_path:
     _assert_readable(exc, "config.json", "too large")
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown_kib < 200 * 1024, grown_kib  # neither file was read into memory
+
+
+def test_a_model_folder_may_recommend_a_guidance_scale_per_rule(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    from backend.config import GenerationConfig
+    from backend.engine.optimize import DistillationRun
+
+    folder = tmp_path / "recommends"
+    shutil.copytree(tiny_pixel_prior, folder)
+    (folder / "dreamsmith.json").write_text(json.dumps({"guidance_scale": {"sds": 5, "asd": 3}}))
+    prior = load_prior(str(folder), CPU)
+    assert prior.recommended == {"guidance_scale": {"sds": 5.0, "asd": 3.0}}
+
+    def guidance(**kw: object) -> float:
+        run = DistillationRun(GenerationConfig(prompt="a red cube", steps=2, **kw), prior, CPU)  # type: ignore[arg-type]
+        assert run.cfg.guidance_scale == run.supervision.rule.guidance_scale  # recorded as used
+        return float(run.supervision.rule.guidance_scale)
+
+    assert guidance(method="tp-sds") == 5.0 and guidance(method="asd") == 3.0
+    assert guidance(method="csd") == 100.0  # no recommendation for CSD: the rule's default
+    assert guidance(method="sds", guidance_scale=42.0) == 42.0  # the user's own value wins
+    assert guidance(method="sds", guidance_scale=0.0) == 5.0  # 0 means "default", as in the API
+    (folder / "dreamsmith.json").write_text(json.dumps({"guidance_scale": 12}))
+    assert load_prior(str(folder), CPU).recommended == {"guidance_scale": 12.0}

@@ -17,13 +17,13 @@ import contextlib
 import io
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
 
-from backend.config import DEFAULT_T_MAX, GenerationConfig
+from backend.config import GenerationConfig, with_recommendations
 from backend.engine.background import Background, make_background
 from backend.engine.cameras import CameraBatch, camera_rays, orbit_camera, sample_cameras
 from backend.engine.checkpoint import FieldCheckpoint
@@ -134,9 +134,8 @@ class DistillationRun:
         supervision: Supervision | None = None,
         geometry: Geometry | None = None,
     ) -> None:
-        if cfg.t_max is None:  # the model's recommendation, recorded in the run's config
-            recommended = prior.recommended if prior is not None else {}
-            cfg = replace(cfg, t_max=recommended.get("t_max", DEFAULT_T_MAX))
+        # The model's recommendations for what the config leaves unset, recorded in the run's config.
+        cfg = with_recommendations(cfg, prior.recommended if prior is not None else {})
         self.cfg = cfg
         self.prior = prior
         self.device = device

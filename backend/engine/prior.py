@@ -63,11 +63,11 @@ class Prior:
         vae: Any | None,
         device: torch.device,
         dtype: torch.dtype,
-        recommended: dict[str, float] | None = None,
+        recommended: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         # Settings the model's makers recommend for score distillation (`dreamsmith.json`), e.g. t_max.
-        self.recommended: dict[str, float] = dict(recommended or {})
+        self.recommended: dict[str, Any] = dict(recommended or {})
         self.unet = unet
         self.text_encoder = text_encoder  # stays on the CPU in float32: run once per generation
         self.tokenizer = tokenizer
@@ -393,12 +393,16 @@ def load_prior(model: str | None, device: torch.device) -> Prior:
     )
 
 
-RECOMMENDED_KEYS = {"t_max": (0.05, 1.0)}
+def _read_recommended(src: _Source) -> dict[str, Any]:
+    """`dreamsmith.json` beside model_index.json: settings the model's makers recommend for score
+    distillation, e.g. {"t_max": 0.6, "guidance_scale": {"sds": 7.5}}. Keys are settings marked
+    `recommended` in the settings table (others are ignored); values are checked against the table (a
+    guidance may be one number or one per rule). A local folder only; a file that is not a JSON object of
+    valid values is an error, not silently skipped."""
+    from backend.config import recommendable
+    from backend.engine.rules import RULES
+    from backend.settings import check_value
 
-
-def _read_recommended(src: _Source) -> dict[str, float]:
-    """`dreamsmith.json` beside model_index.json: {"t_max": 0.6}; other keys are ignored. A local folder
-    only; a file that is not a JSON object of numbers in range is an error, not silently skipped."""
     path = Path(src.location) / "dreamsmith.json"
     if not src.local or not path.is_file():
         return {}
@@ -406,14 +410,23 @@ def _read_recommended(src: _Source) -> dict[str, float]:
         data = json.loads(_read_capped(path, MAX_INDEX_BYTES))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{src.name}: dreamsmith.json is not readable JSON ({exc}).") from exc
-    out: dict[str, float] = {}
-    for key, (lo, hi) in RECOMMENDED_KEYS.items():
-        value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{src.name}: dreamsmith.json must be a JSON object of recommended settings.")
+    out: dict[str, Any] = {}
+    for key, setting in recommendable().items():
+        value = data.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise ModelLoadError(f"{src.name}: dreamsmith.json {key} must be a number in [{lo}, {hi}].")
-        out[key] = float(value)
+        per_rule = value if key == "guidance_scale" and isinstance(value, dict) else {"": value}
+        for rule, v in per_rule.items():
+            where = f"{key}.{rule}" if rule else key
+            if rule and rule not in RULES:
+                raise ModelLoadError(f"{src.name}: dreamsmith.json {where}: no rule is called {rule!r}.")
+            try:
+                check_value(setting, v)
+            except DreamsmithError as exc:
+                raise ModelLoadError(f"{src.name}: dreamsmith.json {where}: {exc}") from exc
+        out[key] = {k: float(v) for k, v in value.items()} if "" not in per_rule else float(value)
     return out
 
 
