@@ -319,7 +319,9 @@ def test_huge_model_metadata_is_refused_unread(tiny_pixel_prior: Path, tmp_path:
     assert grown_kib < 200 * 1024, grown_kib  # neither file was read into memory
 
 
-def test_a_model_folder_may_recommend_a_guidance_scale_per_rule(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+def test_a_model_folder_may_recommend_a_guidance_scale_per_rule(
+    tiny_pixel_prior: Path, tmp_path: Path
+) -> None:
     from backend.config import GenerationConfig
     from backend.engine.optimize import DistillationRun
 
