@@ -496,10 +496,13 @@ class Batch:
             runner=self.runner,
             seconds=time.time() - self.started,
             items=rows,
+            updated_at=time.time(),
         )
 
-    def write_summary(self) -> Path:
-        return write_json_atomic(self.out_dir / SUMMARY_NAME, self.report().to_json())
+    def write_summary(self) -> BatchReport:
+        report = self.report()
+        write_json_atomic(self.out_dir / SUMMARY_NAME, report.to_json())
+        return report
 
 
 @dataclass
@@ -509,6 +512,7 @@ class BatchReport:
     runner: str
     seconds: float  # wall time of this run
     items: list[dict[str, Any]]
+    updated_at: float = 0.0
 
     def count(self, state: str, ran: bool | None = None) -> int:
         return sum(1 for r in self.items if r["state"] == state and (ran is None or r["ran"] == ran))
@@ -524,7 +528,7 @@ class BatchReport:
             "source": self.source,
             "runner": self.runner,
             "seconds": round(self.seconds, 3),
-            "updated_at": round(time.time(), 3),
+            "updated_at": round(self.updated_at, 3),
             "counts": {k: v for k, v in counts.items() if v},
             "items": self.items,
         }
@@ -655,7 +659,7 @@ def run_batch(
             record = batch.finish(item, outcome, worker=me)
             if on_event is not None:
                 on_event(ItemEvent(item.name, "finished", steps=item.config.steps, record=record))
-        return batch.report()
+        return batch.write_summary()
 
 
 # ---- progress bars -----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import socket
 import tempfile
 import time
 from dataclasses import asdict
@@ -123,8 +124,27 @@ class ProgressBoard:
 # ---- the driver -------------------------------------------------------------------------------------------
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT or ray://HOST:PORT address must answer a TCP connect: Ray itself would keep trying for
+    minutes before saying so."""
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or a form Ray checks itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise DreamsmithError(
+            f"could not start or reach the Ray cluster at {address}: nothing answers there "
+            f"({exc.strerror or exc}); is `ray start --head` running on that machine, and the port open?"
+        ) from exc
+
+
 def _connect(ray: Any, address: str | None, workers: int | None) -> None:
     import backend
+
+    if address is not None:
+        _check_reachable(address)
 
     runtime_env = {
         "py_modules": [str(Path(backend.__file__).resolve().parent)],
@@ -175,7 +195,7 @@ def run_batch_ray(
     with BatchLock(batch.out_dir):
         todo = batch.plan(retry_failed)
         if not todo:
-            return batch.report()
+            return batch.write_summary()
         _connect(ray, address, workers)
         try:
             return _drive(ray, batch, todo, retries, cpus_per_item, on_event)
@@ -221,7 +241,7 @@ def _drive(
             ray.cancel(ref, force=True)
             batch.interrupt(item)
         raise
-    return batch.report()
+    return batch.write_summary()
 
 
 def _emit_progress(
