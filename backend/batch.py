@@ -734,6 +734,8 @@ def command(
 ) -> int:
     """`python -m backend batch`: 0 when every item succeeded (now or earlier), 1 when any did not,
     2 for a bad file or arguments (nothing ran), 130 on Ctrl-C (run it again to go on)."""
+    # The models' own loading bars would tear the batch's two bars apart.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         items = read_batch_file(path, changes)
     except DreamsmithError as exc:

@@ -88,7 +88,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m backend", description="Dreamsmith text-to-3D backend.")
+    prog = "dreamsmith" if Path(sys.argv[0]).name == "dreamsmith" else "python -m backend"
+    parser = _Parser(prog=prog, description="Dreamsmith text-to-3D backend.")
     parser.add_argument("--version", action="version", version=f"dreamsmith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
