@@ -211,9 +211,13 @@ def _drive(
     cpus_per_item: float,
     on_event: EventSink | None,
 ) -> BatchReport:
-    resources: dict[str, Any] = (
-        {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"num_cpus": cpus_per_item}
-    )
+    cluster = ray.cluster_resources()
+    resources: dict[str, Any] = {"num_gpus": 1} if cluster.get("GPU", 0) >= 1 else {"num_cpus": cpus_per_item}
+    if "num_cpus" in resources and cluster.get("CPU", 0) < cpus_per_item:
+        # Ray would wait forever for a task no node can take.
+        raise DreamsmithError(
+            f"--ray-cpus {cpus_per_item:g}: the cluster has no GPU and only {cluster.get('CPU', 0):g} CPUs"
+        )
     task = ray.remote(max_retries=retries, **resources)(execute_item)
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     pending: dict[Any, BatchItem] = {}

@@ -130,3 +130,12 @@ def test_an_unreachable_cluster_is_an_error(tiny_pixel_prior, tmp_path, address)
     items = read_batch_file(batch_file(tmp_path, tiny_pixel_prior), SMALL)
     with pytest.raises(DreamsmithError, match="could not start or reach the Ray cluster at 127.0.0.1:1"):
         run_batch_ray(Batch(items, tmp_path / "out"), address)
+
+
+def test_items_no_node_can_take_are_refused(tiny_pixel_prior, tmp_path):
+    from backend.errors import DreamsmithError
+
+    items = read_batch_file(batch_file(tmp_path, tiny_pixel_prior), SMALL)
+    with pytest.raises(DreamsmithError, match="--ray-cpus 2: the cluster has no GPU and only 1 CPUs"):
+        run_batch_ray(Batch(items, tmp_path / "out"), workers=1, cpus_per_item=2)
+    assert not any((tmp_path / "out").glob("*/item.json"))  # nothing began
