@@ -197,19 +197,13 @@ def cmd_smoke(args: list[str]) -> int:
     command), then a short CPU generation and a two-item batch, run in a folder outside the checkout so that
     nothing is imported from it."""
     setup()
-    check(
-        [
-            PY,
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            "--no-deps",
-            "--force-reinstall",
-            ROOT,
-        ]
-    )
+    pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps", "--force-reinstall"]
+    with tempfile.TemporaryDirectory(prefix="dreamsmith-src-") as src:
+        # What a source distribution holds, copied: setuptools builds in the tree it is given (build/).
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, src)
+        shutil.copytree(ROOT / "backend", Path(src) / "backend", ignore=shutil.ignore_patterns("__pycache__"))
+        check([*pip, src])
     check([PY, "-m", "pip", "check", "--disable-pip-version-check"])  # every declared dependency satisfied
     dreamsmith = BIN / ("dreamsmith.exe" if os.name == "nt" else "dreamsmith")
     steps = args[0] if args else "20"
