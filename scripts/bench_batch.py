@@ -3,7 +3,8 @@
     python scripts/bench_batch.py [--items 8] [--steps 60] [--workers 2]
 
 Three runs of the same batch file (a fresh output folder each, a fresh prior cache: model loading counts):
-  plain        `run_batch`: the items one after another in this process (torch on every core)
+  plain        `run_batch`: the items one after another in this process (torch's threads as OMP_NUM_THREADS
+               or its default say; printed)
   ray          `run_batch_ray` on a local cluster of `--workers` CPU workers started for the run (its start
                counts), one CPU per item
   ray + kill   the same, and the worker process running the first item to report a step is killed with
@@ -136,6 +137,8 @@ def main() -> int:
         "workers": args.workers,
         "cpu_count": os.cpu_count(),
         "model": "tiny random pixel-space diffusers model (engine/tiny_prior.py)",
+        "torch_threads_plain": torch.get_num_threads(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # other work on the machine skews times
         "runs": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
