@@ -1,9 +1,16 @@
+"""`python -m backend ...`, and the `dreamsmith` command that `pip install .` puts on the PATH."""
+
 import os
 import sys
 
-# OpenMP's busy-waiting threads slow torch down many times over on a shared CPU; must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from backend.cli import main  # noqa: E402
+def run() -> None:
+    # OpenMP's busy-waiting threads slow torch down many times over on a shared CPU; set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from backend.cli import main
 
-sys.exit(main())
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -88,7 +88,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m backend", description="Dreamsmith text-to-3D backend.")
+    prog = "dreamsmith" if Path(sys.argv[0]).name == "dreamsmith" else "python -m backend"
+    parser = _Parser(prog=prog, description="Dreamsmith text-to-3D backend.")
     parser.add_argument("--version", action="version", version=f"dreamsmith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -138,6 +139,59 @@ def build_parser() -> argparse.ArgumentParser:
         if s.key.startswith("export."):
             _add_setting(exp, s)
     exp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
+
+    bat = sub.add_parser(
+        "batch",
+        help="generate every prompt of a .csv, .jsonl or .txt file, one folder each (resumable)",
+        description="Generate one asset per line of FILE into DIR/<item>/ and summarize them in DIR/batch.json. "
+        "CSV: a header row (prompt, optional name, any settings by dotted key); JSONL: one object a line; "
+        "TXT: one prompt a line. A line's settings override the options below. Every line is checked before "
+        "anything runs. Running it again skips finished items (and failed ones, unless --retry-failed).",
+    )
+    bat.add_argument("file", type=Path, help="the batch file: prompts.csv, prompts.jsonl or prompts.txt")
+    bat.add_argument("--out", type=Path, default=None, help="output folder (default: out/<file name>)")
+    for s in cli_settings:
+        _add_setting(bat, s)
+    bat.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, for every line (a line's own value wins)",
+    )
+    bat.add_argument("--retry-failed", action="store_true", help="run the items that failed before again")
+    bat.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run each item as a Ray task (one GPU each, or CPUs where the cluster has no GPU): on the "
+        "cluster at ADDRESS (auto, HOST:6379, ray://HOST:10001), or on a local one started for the run "
+        "(needs pip install 'dreamsmith[ray]')",
+    )
+    bat.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a local cluster's size: items at once (default: one per GPU, else per CPU core)",
+    )
+    bat.add_argument(
+        "--ray-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="times an item is started again when its worker dies (default %(default)s)",
+    )
+    bat.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="CPUs per item on a cluster without GPUs (default %(default)s)",
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -321,6 +375,32 @@ def _save_traceback(out: Path, exc: BaseException) -> str:
     return f"please report it with {path}"
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from backend.batch import command
+
+    try:
+        changes = _given(args) | parse_overrides(args.overrides)
+        # The command line's own settings checked once, not once per line.
+        with_overrides(GenerationConfig(prompt="x"), changes)
+    except DreamsmithError as exc:
+        return _fail(str(exc))
+    if args.ray_workers is not None and args.ray_workers < 1:
+        return _fail("--ray-workers: must be at least 1")
+    if args.ray_retries < 0 or args.ray_cpus <= 0:
+        return _fail("--ray-retries must be 0 or more and --ray-cpus above 0")
+    return command(
+        args.file,
+        args.out,
+        changes,
+        retry_failed=args.retry_failed,
+        ray=args.ray is not None,
+        ray_address=args.ray or None,
+        ray_workers=args.ray_workers,
+        ray_retries=args.ray_retries,
+        ray_cpus=args.ray_cpus,
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from backend.service import serve
 
@@ -329,5 +409,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "export": cmd_export, "serve": cmd_serve}
+    commands = {"generate": cmd_generate, "export": cmd_export, "batch": cmd_batch, "serve": cmd_serve}
     return commands[args.command](args)

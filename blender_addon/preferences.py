@@ -15,10 +15,10 @@ import bpy
 from bpy.props import StringProperty
 
 from . import session
-from .client import DEFAULT_URL, BackendClient
+from .client import DEFAULT_URL, BackendClient, BackendError
 
 if TYPE_CHECKING:
-    from bpy.stub_internal.rna_enums import IconItems
+    from bpy.stub_internal.rna_enums import IconItems, OperatorReturnItems
 
 _STATE_ICONS: dict[str, IconItems] = {"ok": "CHECKMARK", "starting": "SORTTIME", "down": "ERROR"}
 
@@ -79,11 +79,53 @@ class DreamsmithPreferences(bpy.types.AddonPreferences):
 
 
 def draw_backend_status(layout: bpy.types.UILayout) -> None:
-    """The status line: last known health, never fetched from here (draw code makes no network call)."""
+    """The status line: last known health, never fetched from here (draw code makes no network call).
+
+    When no backend answered and there is no Python to start one with, it shows the one command that
+    starts a backend in a terminal, with a button that copies it."""
     state = session.STATE
     layout.label(text=state.backend_text, icon=_STATE_ICONS.get(state.backend_state, "QUESTION"))
-    if state.backend_detail:
+    command = start_command(backend_settings()) if state.backend_state == "down" else None
+    if command is not None:
+        layout.label(text="Start one in a terminal where Dreamsmith is installed:")
+        row = layout.row(align=True)
+        row.label(text=command, icon="CONSOLE")
+        op = row.operator("dreamsmith.copy_command", text="", icon="COPYDOWN")
+        if op is not None:
+            op.text = command
+        layout.label(text="(not installed yet: pip install . in its folder), then press Check")
+    elif state.backend_detail:
         layout.label(text=state.backend_detail)
+
+
+def start_command(settings: BackendSettings) -> str | None:
+    """`dreamsmith serve [--port N]` for a backend URL on this machine when no Python is set to start one
+    with (none in the preferences, no .venv in the backend folder); None otherwise."""
+    if settings.has_python():
+        return None
+    try:
+        client = settings.client()
+    except BackendError:
+        return None
+    if not client.is_local:
+        return None
+    return "dreamsmith serve" + ("" if client.port == 8765 else f" --port {client.port}")
+
+
+class DREAMSMITH_OT_copy_command(bpy.types.Operator):
+    """Copy this command, to paste it into a terminal"""
+
+    bl_idname = "dreamsmith.copy_command"
+    bl_label = "Copy Command"
+    bl_options = {"INTERNAL"}
+
+    text: StringProperty(name="Command", options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
+        if context.window_manager is not None:
+            context.window_manager.clipboard = self.text
+        self.report({"INFO"}, f"Copied: {self.text}")
+        return {"FINISHED"}
 
 
 @dataclass
@@ -99,6 +141,10 @@ class BackendSettings:
 
     def client(self) -> BackendClient:
         return BackendClient(self.url, self.token)
+
+    def has_python(self) -> bool:
+        """A Python is set, or the backend folder has a .venv (else `python` falls back to python3)."""
+        return self.python() not in ("python3", "python")
 
     def python(self) -> str:
         if self.python_executable.strip():
@@ -149,7 +195,9 @@ def backend_settings(context: bpy.types.Context | None = None) -> BackendSetting
 
 def register() -> None:
     bpy.utils.register_class(DreamsmithPreferences)
+    bpy.utils.register_class(DREAMSMITH_OT_copy_command)
 
 
 def unregister() -> None:
+    bpy.utils.unregister_class(DREAMSMITH_OT_copy_command)
     bpy.utils.unregister_class(DreamsmithPreferences)

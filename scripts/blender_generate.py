@@ -5,6 +5,9 @@ Works both ways:
     blender --background --python scripts/blender_generate.py -- --prompt "a red cube" --out scene.blend
     .venv/bin/python scripts/blender_generate.py --prompt "a red cube" --out scene.blend   # bpy wheel
 
+`--batch FILE` builds a batch's results instead (one .blend in a grid, or `--each` one per item; see
+scripts/blender_batch.py).
+
 It registers the add-on from `blender_addon/` in this repository, uses the backend at --url, or, when
 nothing answers there, starts one itself (`.venv/bin/python -m backend serve` on a free port, jobs in a
 temporary folder) and stops it afterwards. `--glb` exports the imported object with Blender's own glTF
@@ -42,8 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blender_generate.py",
         description="Generate a 3D object from a prompt with the Dreamsmith backend and save it.",
     )
-    p.add_argument("--prompt", required=True, help='what to make, e.g. "a red cube"')
-    p.add_argument("--out", type=Path, required=True, help="the .blend file to write")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help='what to make, e.g. "a red cube"')
+    what.add_argument(
+        "--batch",
+        metavar="FILE",
+        help="build a batch's results: a batch file (.csv/.jsonl/.txt, run first with `python -m backend "
+        "batch`) or a finished batch's folder or batch.json (scripts/blender_batch.py)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the .blend file to write (with --each: a folder)")
+    p.add_argument("--each", action="store_true", help="batch: one .blend per item in the --out folder")
+    p.add_argument(
+        "--batch-dir", type=Path, default=None, help="batch: its results folder (default <out>-batch)"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="batch: run the items that failed before again"
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="batch: run it on Ray (see batch --help)",
+    )
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
     p.add_argument(
         "--model", default="", help="diffusers folder or hub id on the backend (default: demo prior)"
@@ -56,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=int, default=None, help="optimization steps (default: the backend's tuned default)"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument(
         "--render-size",
         type=int,
@@ -67,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mesh-resolution", type=int, default=None, help="marching-cubes resolution (default: the add-on's)"
     )
     p.add_argument(
-        "--texture", default="vertex", choices=("vertex", "uv"), help="vertex colours or UV texture"
+        "--texture", default=None, choices=("vertex", "uv"), help="vertex colours (default) or UV texture"
     )
     p.add_argument("--object-size", type=float, default=1.0, help="largest dimension in scene units")
     p.add_argument("--url", default="http://127.0.0.1:8765", help="backend URL")
@@ -160,8 +185,8 @@ def configure(settings: Any, args: argparse.Namespace) -> None:
     settings.model = args.model
     if args.method is not None:
         settings.method_name = args.method  # the backend refuses an unknown one, naming the choices
-    settings.seed = args.seed
-    settings.texture = args.texture
+    settings.seed = args.seed if args.seed is not None else 0
+    settings.texture = args.texture or "vertex"
     settings.object_size = args.object_size
     if args.steps is not None:
         settings.steps = args.steps
@@ -325,6 +350,13 @@ def describe_object(obj: Any) -> str:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(script_args(argv))
     bpy = import_bpy()
+    if args.batch is not None:
+        for path in (ROOT, Path(__file__).resolve().parent):
+            if str(path) not in sys.path:
+                sys.path.insert(0, str(path))
+        import blender_batch
+
+        return int(blender_batch.main_batch(args, bpy))
     started = time.monotonic()
     bpy.ops.wm.read_factory_settings(use_empty=True)
     register_addon()

@@ -15,10 +15,23 @@ import argparse
 import importlib.util
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_toml(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: build.py's reader of the simple TOML this repo writes
+        sys.path.insert(0, str(ROOT))
+        from build import _toml_subset
+
+        return _toml_subset(text)
+    return tomllib.loads(text)
+
+
 SOURCE = ROOT / "blender_addon"
 
 
@@ -43,7 +56,7 @@ def extension_tool(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def zip_name(source: Path = SOURCE) -> str:
-    manifest = tomllib.loads((source / "blender_manifest.toml").read_text(encoding="utf-8"))
+    manifest = read_toml(source / "blender_manifest.toml")
     return f"{manifest['id']}-{manifest['version']}.zip"
 
 
