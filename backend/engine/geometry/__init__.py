@@ -10,11 +10,16 @@ import torch
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.nerf import FieldConfig, RadianceField
 from backend.engine.geometry.sdf import SDFConfig, SDFField
+from backend.engine.geometry.triplane import TriplaneConfig, TriplaneField
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
 
-GEOMETRIES: dict[str, type[Geometry]] = {RadianceField.kind: RadianceField, SDFField.kind: SDFField}
+GEOMETRIES: dict[str, type[Geometry]] = {
+    RadianceField.kind: RadianceField,
+    SDFField.kind: SDFField,
+    TriplaneField.kind: TriplaneField,
+}
 
 
 def field_config_for(device: torch.device) -> FieldConfig:
@@ -28,6 +33,8 @@ def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
         sdf = SDFConfig() if device.type == "cuda" else SDFConfig.small()
         sdf = dataclasses.replace(sdf, beta_start=cfg.sdf_beta[0], beta_end=cfg.sdf_beta[1])
         return SDFField(sdf, device=device)
+    if cfg.geometry == TriplaneField.kind:  # what a prompt-amortized generator outputs, here from a sphere
+        return TriplaneField(TriplaneConfig(), device=device)
     return RadianceField(field_config_for(device), device=device)
 
 
