@@ -332,3 +332,19 @@ class GeneratorCache:
 
 
 GENERATORS = GeneratorCache()
+
+
+def make_tiny_generator(folder: Path | str, prior: Path | str, prompts: list[str], seed: int = 0) -> Path:
+    """An untrained, tiny generator folder over a (tiny) prior's text encoder, for tests: its fields are the
+    initial sphere, so every prompt gives a mesh."""
+    import transformers
+
+    text_encoder = transformers.CLIPTextModel.from_pretrained(Path(prior) / "text_encoder", local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(prior) / "tokenizer", local_files_only=True)
+    embedder = TextEmbedder(tokenizer, text_encoder)
+    field = TriplaneConfig(resolution=8, channels=4, hidden_dim=8)
+    cfg = GeneratorConfig(embedding_dim=embedder.dim, base_resolution=4, base_channels=8, field=field)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = TriplaneGenerator(cfg)
+    return save_generator(folder, generator, embedder, GeneratorInfo(prompts=list(prompts), prior=str(prior)))

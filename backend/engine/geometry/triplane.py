@@ -1,12 +1,16 @@
-"""A triplane signed-distance geometry: the field a prompt-amortized generator outputs (ScaleDreamer).
+"""A triplane geometry: the field a prompt-amortized generator outputs (ScaleDreamer).
 
 Three axis-aligned feature planes (xy, xz, yz; EG3D's triplane) of C channels at R x R texels; a point's
 feature is the concatenation of its three bilinear samples [3C] (ScaleDreamer's `sample_from_planes`),
-decoded by small MLP heads into a signed distance and an albedo:
+decoded by small MLP heads into a density and an albedo, the density in one of two ways (`density`):
 
-    d(x) = |x| - r0 + f(planes(x))          f's last layer starts at 0: every field starts as a sphere
-    sigma(x) = (1 / beta) Psi_beta(-d(x))   VolSDF (as `sdf.py`, with ScaleDreamer's fixed beta)
+    "volsdf":   d(x) = |x| - r0 + f(planes(x)),  sigma(x) = (1 / beta) Psi_beta(-d(x))
+                VolSDF (as `sdf.py`, with ScaleDreamer's fixed beta); surface d = 0; eikonal term
+    "softplus": sigma(x) = softplus(f(planes(x)) + blob(x)),  blob = b0 (1 - |x| / r0)
+                the NeRF density of `nerf.py` (Magic3D's blob); surface at the export's automatic level
     albedo(x) = sigmoid(g(planes(x)))
+
+f's last layer starts at 0, so every field starts as the sphere (or the soft ball) of radius r0.
 
 The planes are either a parameter (a field of its own: a per-prompt run, or a Refine that starts from a
 generator's output) or a tensor computed by a generator (`backend.engine.generator`), through which
@@ -40,7 +44,10 @@ class TriplaneConfig:
     channels: int = 16  # C, features per plane
     hidden_dim: int = 32
     n_hidden_layers: int = 1
-    sphere_radius: float = 0.5  # the initial shape
+    # "volsdf" or "softplus" (module docstring)
+    density: str = "volsdf"
+    sphere_radius: float = 0.5  # the initial shape (r0)
+    blob_density: float = 10.0  # softplus: b0
     # VolSDF's Laplace scale, fixed (ScaleDreamer: "trainable_variance: false" at 1 / 30); a few render
     # samples wide at 32 samples per ray, so the surface gets gradients from both sides.
     beta: float = 0.05
@@ -115,19 +122,30 @@ class TriplaneField(Geometry):
     def _encode(self, x: Tensor) -> Tensor:
         return sample_triplane(self.planes, x / self.bound)
 
+    @property
+    def is_sdf(self) -> bool:
+        return self.cfg.density == "volsdf"
+
     def _sdf_from_features(self, h: Tensor, x: Tensor) -> Tensor:
+        """The signed distance (volsdf), or minus the pre-softplus density (softplus): negative inside."""
         f = cast(Tensor, self.heads.sdf_mlp(h)).squeeze(-1)
         distance: Tensor = torch.linalg.vector_norm(x, dim=-1)
-        return distance - self.cfg.sphere_radius + f
+        if self.is_sdf:
+            return distance - self.cfg.sphere_radius + f
+        return -(f + self.cfg.blob_density * (1.0 - distance / self.cfg.sphere_radius))
 
     def sdf(self, x: Tensor) -> Tensor:
-        """x [N, 3] world -> signed distance [N] (negative inside)."""
+        """x [N, 3] world -> signed distance [N] (negative inside; softplus: minus the raw density)."""
         return self._sdf_from_features(self._encode(x), x)
 
     def _sigma(self, d: Tensor, x: Tensor) -> Tensor:
+        inside = (x.abs() <= self.bound).all(-1)
+        if not self.is_sdf:
+            sigma = F.softplus(-d)
+            return torch.where(inside, sigma, torch.zeros_like(sigma))
         beta = self.beta
         sigma = laplace_cdf(-d, beta) / beta
-        keep = (x.abs() <= self.bound).all(-1) & (d < self.cfg.cutoff * beta)
+        keep = inside & (d < self.cfg.cutoff * beta)
         return torch.where(keep, sigma, torch.zeros_like(sigma))
 
     def density(self, x: Tensor) -> Tensor:
@@ -149,18 +167,21 @@ class TriplaneField(Geometry):
         return (d[1:] - d[:1]).t() / eps
 
     def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
+        """grad d normalized (softplus: -grad of the raw density, as `nerf.py`'s -grad sigma)."""
         return F.normalize(self.sdf_gradient(x), dim=-1, eps=1e-6)
 
     def regularization(self, generator: torch.Generator) -> dict[str, Tensor]:
-        """The eikonal term (|grad d| - 1)^2 at `eikonal_points` uniform points of the bound box."""
+        """The eikonal term (|grad d| - 1)^2 at `eikonal_points` uniform points of the bound box (volsdf)."""
+        if not self.is_sdf:
+            return {}
         u = torch.rand(self.cfg.eikonal_points, 3, generator=generator, device=generator.device)
         grad = self.sdf_gradient((u.to(self.beta.device) * 2.0 - 1.0) * self.bound)
         norm: Tensor = torch.linalg.vector_norm(grad, dim=-1)
         return {"eikonal": (norm - 1.0).square().mean()}
 
-    def surface_level(self) -> float:
-        """The density on d = 0: 1 / (2 beta)."""
-        return float(0.5 / self.beta.detach())
+    def surface_level(self) -> float | None:
+        """volsdf: the density on d = 0, 1 / (2 beta); softplus: None (the export's automatic level)."""
+        return float(0.5 / self.beta.detach()) if self.is_sdf else None
 
     def param_groups(self, cfg: GenerationConfig) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = [
