@@ -339,7 +339,9 @@ def make_tiny_generator(folder: Path | str, prior: Path | str, prompts: list[str
     initial sphere, so every prompt gives a mesh."""
     import transformers
 
-    text_encoder = transformers.CLIPTextModel.from_pretrained(Path(prior) / "text_encoder", local_files_only=True)
+    text_encoder = transformers.CLIPTextModel.from_pretrained(
+        Path(prior) / "text_encoder", local_files_only=True
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(Path(prior) / "tokenizer", local_files_only=True)
     embedder = TextEmbedder(tokenizer, text_encoder)
     field = TriplaneConfig(resolution=8, channels=4, hidden_dim=8)
