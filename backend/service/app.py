@@ -83,6 +83,16 @@ def describe_device(device: str) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
+def check_generator(name: str) -> None:
+    """422 naming `generator` unless it is a generator folder (one message whatever else the path is)."""
+    from backend.engine.generator import GeneratorLoadError, resolve_generator
+
+    try:
+        resolve_generator(name)
+    except GeneratorLoadError as exc:
+        raise ApiError(422, "invalid_request", f"generator: {exc}", "generator") from None
+
+
 def builtin_generators() -> list[dict[str, Any]]:
     """The built-in generators (GET /v1/health), read from their folders' records (no weights loaded)."""
     import json
@@ -196,6 +206,8 @@ def create_app(
         """Validate a generation request and queue it; jobs run one at a time, oldest first."""
         data = request.model_dump(mode="json")
         cfg = config_from_dict(data)  # the engine's own checks (e.g. min <= max); InvalidConfig -> 422
+        if cfg.generator is not None:
+            check_generator(cfg.generator)
         if cfg.init_job is not None:
             store.check_init_job(cfg.init_job)
         return store.submit(data)
