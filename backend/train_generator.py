@@ -29,6 +29,9 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.json"
 CURVE_FILE = "loss.png"
 STATE_FORMAT = "dreamsmith-generator-training/1"
+# --minutes: steps timed before the step count is fixed, and the share of the budget kept in reserve.
+CALIBRATION_STEPS = 30
+TIME_MARGIN = 0.05
 # Held out of the demo generator's training: one pair per shape and per colour, so that every shape and
 # every colour is still seen in training, with other partners (a Latin-square diagonal).
 DEMO_HELD_OUT = (
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "method": "asd",
     "model": None,
     "steps": 3000,
+    "minutes": None,
     "prompts_per_step": 8,
     "lr": 2e-3,
     "seed": 0,
@@ -86,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="the prior to distill (default: the demo prior)")
     parser.add_argument(
         "--steps", type=int, default=None, help=f"training steps (default {DEFAULTS['steps']})"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="a time budget instead of --steps: the step count is fixed from the speed of the first "
+        f"{CALIBRATION_STEPS} steps so that the training ends within it",
     )
     parser.add_argument(
         "--prompts-per-step",
@@ -178,7 +189,7 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     given: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("method", "model", "steps", "prompts_per_step", "lr", "seed", "supervision")
+        for k in ("method", "model", "steps", "minutes", "prompts_per_step", "lr", "seed", "supervision")
         if getattr(args, k) is not None
     }
     if args.overrides:
@@ -193,6 +204,8 @@ def settings_for(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict
     --steps may grow), else the defaults with the options given."""
     given = _given_settings(args)
     if saved is None:
+        if "minutes" in given and "steps" in given:
+            raise DreamsmithError("give --steps or --minutes, not both")
         train, held = training_prompts(args)
         return {**DEFAULTS, **given, "prompts": train, "held_out": held}
     if args.demo_world or args.prompts is not None:
@@ -202,7 +215,7 @@ def settings_for(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict
                 "the prompts differ from the saved training's; resume without changing them"
             )
     for key, value in given.items():
-        if key != "steps" and value != saved.get(key):
+        if key not in ("steps", "minutes") and value != saved.get(key):
             raise DreamsmithError(
                 f"--{key.replace('_', '-')} cannot change when resuming (saved: {saved.get(key)!r})"
             )
@@ -363,6 +376,29 @@ def _save(
     )
 
 
+def fix_steps(settings: dict[str, Any], run: Any, per_step: float, elapsed_s: float, procs: Any) -> Any:
+    """--minutes: the step count that ends the training within the budget (elapsed_s of it spent) at
+    `per_step` seconds (process 0's measure, shared), written into the settings and the run's config."""
+    from dataclasses import replace
+
+    import torch
+
+    left = float(settings["minutes"]) * 60.0 * (1.0 - TIME_MARGIN) - elapsed_s
+    steps = torch.tensor([run.steps_done + max(1, int(left / per_step))], dtype=torch.long)
+    if procs.distributed:
+        torch.distributed.broadcast(steps, 0)
+    settings["steps"] = min(int(steps.item()), 1_000_000)
+    settings["steps_fixed"] = True
+    run.cfg = replace(run.cfg, steps=settings["steps"])
+    if procs.main:
+        print(
+            f"\n{per_step:.2f} s per step: {settings['steps']} steps fit in {settings['minutes']:g} minutes",
+            file=sys.stderr,
+            flush=True,
+        )
+    return run.cfg
+
+
 def load_state(out: Path) -> dict[str, Any]:
     import torch
 
@@ -478,8 +514,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+    # --minutes: the step count is still open until the first steps have been timed.
+    calibrate = settings.get("minutes") is not None and not settings.get("steps_fixed")
+    first = run_.steps_done
     try:
-        for i in range(run_.steps_done, cfg.steps):
+        i = run_.steps_done
+        while i < cfg.steps:
             stats = run_.step(i)
             loss = mean_over_processes(stats.loss, procs)
             t = next((t for t in stats.ts if t is not None), None)
@@ -488,10 +528,18 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 bar.set_postfix(loss=f"{loss:.4g}", t=t, refresh=False)
                 bar.update(1)
             done = i + 1
+            if calibrate and done - first == CALIBRATION_STEPS:
+                calibrate = False
+                now = time.perf_counter() - start
+                cfg = fix_steps(settings, run_, now / (done - first), elapsed_before + now, procs)
+                if bar is not None:
+                    bar.total = cfg.steps
+                    bar.refresh()
             if args.checkpoint_every and done % args.checkpoint_every == 0 and done < cfg.steps:
                 checkpoint()
                 if bar is None and procs.main:
                     print(f"step {done}/{cfg.steps}: loss {loss:.4g}", file=sys.stderr, flush=True)
+            i += 1
         checkpoint()
     except KeyboardInterrupt:
         if bar is not None:

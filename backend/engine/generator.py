@@ -212,6 +212,9 @@ def save_generator(
     reader sees the old file or the new one), the text encoder and tokenizer once (they never change)."""
     from safetensors.torch import save as safetensors_bytes
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in (("text_encoder", embedder.text_encoder), ("tokenizer", embedder.tokenizer)):
@@ -275,6 +278,7 @@ def load_generator(name: str, device: torch.device | str = "cpu") -> LoadedGener
     from safetensors.torch import load_file
 
     path = resolve_generator(name)
+    transformers.utils.logging.disable_progress_bar()  # a bar per load means nothing to a user
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
         if not isinstance(index, dict) or index.get("_class_name") != GENERATOR_CLASS:
