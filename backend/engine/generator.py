@@ -210,9 +210,8 @@ def save_generator(
 ) -> Path:
     """Write (or update) a generator folder, layout in the module docstring; every file atomically (a
     reader sees the old file or the new one), the text encoder and tokenizer once (they never change)."""
-    from safetensors.torch import save as safetensors_bytes
-
     import transformers
+    from safetensors.torch import save as safetensors_bytes
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
     folder = Path(folder)
