@@ -45,7 +45,7 @@ class TriplaneConfig:
     hidden_dim: int = 32
     n_hidden_layers: int = 1
     # "volsdf" or "softplus" (module docstring)
-    density: str = "volsdf"
+    density: str = "softplus"
     sphere_radius: float = 0.5  # the initial shape (r0)
     blob_density: float = 10.0  # softplus: b0
     # VolSDF's Laplace scale, fixed (ScaleDreamer: "trainable_variance: false" at 1 / 30); a few render
