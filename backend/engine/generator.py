@@ -213,7 +213,7 @@ def save_generator(
     import transformers
     from safetensors.torch import save as safetensors_bytes
 
-    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # "Writing model shards"
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in (("text_encoder", embedder.text_encoder), ("tokenizer", embedder.tokenizer)):
@@ -277,7 +277,7 @@ def load_generator(name: str, device: torch.device | str = "cpu") -> LoadedGener
     from safetensors.torch import load_file
 
     path = resolve_generator(name)
-    transformers.utils.logging.disable_progress_bar()  # a bar per load means nothing to a user
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a bar per load
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
         if not isinstance(index, dict) or index.get("_class_name") != GENERATOR_CLASS:

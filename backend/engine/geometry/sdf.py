@@ -86,6 +86,7 @@ class SDFField(Geometry):
     draws the parameters: seed it first)."""
 
     kind = "sdf"
+    beta: Tensor  # a buffer
 
     def __init__(self, cfg: SDFConfig | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__()
@@ -163,7 +164,8 @@ class SDFField(Geometry):
         device = self.beta.device
         u = torch.rand(self.cfg.eikonal_points, 3, generator=generator, device=generator.device).to(device)
         grad = self.sdf_gradient((u * 2.0 - 1.0) * self.bound)
-        return {"eikonal": (grad.norm(dim=-1) - 1.0).square().mean()}
+        norm: Tensor = torch.linalg.vector_norm(grad, dim=-1)
+        return {"eikonal": (norm - 1.0).square().mean()}
 
     def surface_level(self) -> float:
         """The density on d = 0: 1 / (2 beta)."""
