@@ -213,13 +213,15 @@ def write_sheet(records: list[dict[str, Any]], path: Path, title: str, args: arg
 def refine_curves(
     loaded: LoadedGenerator, prompt: str, args: argparse.Namespace, prior: Any
 ) -> dict[str, Any]:
-    """Field IoU every `eval_every` steps of a cold run and of a Refine from the generator's field."""
+    """Field IoU every `eval_every` steps of a cold per-prompt run (to its last step), then of a Refine from
+    the generator's field until it reaches the cold run's last IoU (or runs as many steps)."""
     from backend.engine.optimize import DistillationRun
 
     truth = truth_of(prompt, args.eval_res)
     cfg = with_overrides(GenerationConfig(prompt=prompt), {"preview_every": 0} | args.overrides)
     device = torch.device("cpu")
     out: dict[str, Any] = {"prompt": prompt, "steps": cfg.steps}
+    target = math.inf
     for kind in ("cold", "refine"):
         start = time.perf_counter()
         geometry = loaded.field_for(prompt).train() if kind == "refine" else None
@@ -229,21 +231,25 @@ def refine_curves(
             curve.append({"step": 0, "iou": metrics.score_field(run.geometry, truth)["iou"]})
         eval_s = 0.0
         for i in range(cfg.steps):
+            if curve and curve[-1]["iou"] >= target:
+                break
             run.step(i)
             if (i + 1) % args.eval_every == 0 or i + 1 == cfg.steps:
                 t0 = time.perf_counter()
                 curve.append({"step": i + 1, "iou": metrics.score_field(run.geometry, truth)["iou"]})
                 eval_s += time.perf_counter() - t0
         out[kind] = {"curve": curve, "seconds": round(time.perf_counter() - start - eval_s, 1)}
-    target = out["cold"]["curve"][-1]["iou"]
+        if kind == "cold":
+            target = curve[-1]["iou"]
     out["cold_final_iou"] = target
+    out["instant_iou"] = out["refine"]["curve"][0]["iou"]
     out["refine_steps_to_cold"] = next(
         (p["step"] for p in out["refine"]["curve"] if p["iou"] >= target), None
     )
-    out["refine_final_iou"] = out["refine"]["curve"][-1]["iou"]
     print(
-        f"  refine {prompt:<19}: cold IoU {target:.3f} at {cfg.steps}; instant {out['refine']['curve'][0]['iou']:.3f}; "
-        f"refine reaches it at step {out['refine_steps_to_cold']}; refine final {out['refine_final_iou']:.3f}",
+        f"  refine {prompt:<19}: cold IoU {target:.3f} at step {cfg.steps} ({out['cold']['seconds']:.0f} s); "
+        f"instant {out['instant_iou']:.3f}; Refine reaches it at step {out['refine_steps_to_cold']} "
+        f"({out['refine']['seconds']:.0f} s)",
         flush=True,
     )
     return out
