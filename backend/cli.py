@@ -192,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="CPUs per item on a cluster without GPUs (default %(default)s)",
     )
+    train = sub.add_parser(
+        "train-generator",
+        help="train a prompt-amortized generator (instant generation) on a list of prompts",
+        description="Train one network that maps a prompt to a 3D field (ScaleDreamer), by score distillation "
+        "from the prior over many prompts; `generate --generator OUT` then makes a shape in one forward pass. "
+        "Data-parallel with torchrun --nproc_per_node N.",
+    )
+    from backend.train_generator import add_arguments
+
+    add_arguments(train)
 
     serve = sub.add_parser(
         "serve",
@@ -227,6 +237,8 @@ def _generation_config(args: argparse.Namespace) -> tuple[GenerationConfig, Any,
     from backend.engine.checkpoint import load_checkpoint
 
     changes = _given(args) | parse_overrides(args.overrides)
+    if args.resume is not None and args.generator is not None:
+        raise DreamsmithError("--resume continues an optimization; --generator makes a field in one pass")
     if args.resume is not None and args.init_field is not None:
         raise DreamsmithError("--resume continues a saved run; --init-field starts a new one: give only one")
     if args.resume is not None:
@@ -248,6 +260,14 @@ def _generation_config(args: argparse.Namespace) -> tuple[GenerationConfig, Any,
         return cfg, resume, None
     if args.prompt is None:
         raise DreamsmithError('prompt: is required, e.g. generate "a red cube"')
+    if args.generator is not None:
+        from backend.engine.generator import resolve_generator
+
+        if args.init_field is not None:
+            raise DreamsmithError(
+                "--generator makes the field in one pass; --init-field starts an optimization"
+            )
+        resolve_generator(args.generator)  # an unknown generator is said now, in one line
     init = load_checkpoint(args.init_field) if args.init_field is not None else None
     return with_overrides(GenerationConfig(prompt=args.prompt), changes), None, init
 
@@ -275,8 +295,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # The bar starts with the optimization, so errors while loading the model stay a single line.
     bars: list[Any] = []
+    warned: set[str] = set()
 
     def on_progress(p: Progress) -> None:
+        for warning in p.warnings:
+            if warning not in warned:
+                warned.add(warning)
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         if p.phase == "optimizing":
             if not bars:
                 bars.append(
@@ -290,7 +315,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 )
             bars[0].set_postfix(t=p.t, loss=f"{p.loss:.4g}", refresh=False)
             bars[0].update(p.step - bars[0].n)
-        elif p.phase in ("extracting mesh", "texturing"):
+        elif p.phase in ("generating", "extracting mesh", "texturing"):
             if bars:
                 bars[0].set_description(p.phase)
                 bars[0].refresh()
@@ -407,7 +432,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, data_dir=args.data_dir, token=args.token, device=args.device)
 
 
+def cmd_train_generator(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from backend.train_generator import run
+
+    return run(args, argv[1:] if argv is not None else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train-generator":
+        return cmd_train_generator(args, argv)
     commands = {"generate": cmd_generate, "export": cmd_export, "batch": cmd_batch, "serve": cmd_serve}
     return commands[args.command](args)

@@ -12,6 +12,7 @@ so that importing this module stays light.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,25 @@ class GenerationConfig:
         api=True,
         cli=True,
     )
+    # Instant generation (docs/design.md, "Prompt-amortized generators"): a trained generator makes the field in
+    # one forward pass instead of `steps` of optimization; `init_job` starts a per-prompt optimization from
+    # another job's field (Refine: a warm start from an instant result).
+    generator: str | None = setting(
+        None,
+        "a trained generator for instant results: 'demo' or a folder written by train-generator; "
+        "omitted: optimize per prompt",
+        min_chars=1,
+        max_chars=1024,
+        api=True,
+        cli=True,
+    )
+    init_job: str | None = setting(
+        None,
+        "Refine: start the optimization from this finished job's field (its id) instead of the initial blob",
+        min_chars=32,
+        max_chars=32,
+        api=True,
+    )
     render_size: int = setting(
         32,
         "side of the rendered training images in pixels",
@@ -203,7 +223,7 @@ class GenerationConfig:
 
     geometry: str = setting(
         "nerf",
-        "the 3D representation: nerf (density field) or sdf (VolSDF signed distance)",
+        "the 3D representation: nerf (density field), sdf (VolSDF signed distance) or triplane (a generator's field)",
         choices=geometry_kinds,
     )
     # Adam learning rates per part of the field.
@@ -271,6 +291,15 @@ def validate_config(cfg: GenerationConfig) -> None:
         raise InvalidConfig("prompt", 'must be a non-empty text, e.g. "a red cube"')
     if cfg.model is not None and not cfg.model.strip():
         raise InvalidConfig("model", "must be a local folder or a hub id (omit it for the demo prior)")
+    if cfg.generator is not None and not cfg.generator.strip():
+        raise InvalidConfig(
+            "generator", "must be 'demo' or a generator folder (omit it to optimize per prompt)"
+        )
+    if cfg.init_job is not None:
+        if not re.fullmatch(r"[0-9a-f]{32}", cfg.init_job):
+            raise InvalidConfig("init_job", "must be a job id (32 hex digits, as POST /v1/jobs answers)")
+        if cfg.generator is not None:
+            raise InvalidConfig("init_job", "Refine optimizes from a job's field: leave generator out")
     t_max = 1.0 if cfg.t_max is None else cfg.t_max
     if not cfg.t_min < t_max:
         raise InvalidConfig("t_min", "need 0 <= t_min < t_max <= 1 (fractions of the model's T)")

@@ -186,6 +186,7 @@ class Health:
     default_model: str
     loaded_models: list[str]
     queue: int
+    generators: list[str] = field(default_factory=list)  # built-in generators for Instant, by name
 
     @classmethod
     def from_json(cls, data: object) -> Health:
@@ -200,6 +201,7 @@ class Health:
             default_model=models.text("default"),
             loaded_models=models.texts("loaded"),
             queue=fields.integer("queue"),
+            generators=[_Fields(g, "generator").text("name") for g in fields.objects("generators")],
         )
 
     def summary(self) -> str:
@@ -218,6 +220,7 @@ class JobStatus:
     elapsed_s: float = 0.0
     eta_s: float | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # why the result may not match the prompt
     artifacts: list[str] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
@@ -245,6 +248,7 @@ class JobStatus:
             elapsed_s=fields.number("elapsed_s"),
             eta_s=fields.optional_number("eta_s"),
             error=fields.optional_text("error"),
+            warnings=fields.texts("warnings"),
             artifacts=fields.texts("artifacts"),
             request=fields.mapping("request"),
             created_at=fields.number("created_at"),
@@ -292,7 +296,8 @@ class GenerationRequest:
 
     "Backend default" (the field is left out of the body, so the backend's tuned value applies):
     `steps` 0, `render_size` 0, `guidance_scale` 0 or None (the method's default), an empty `model`
-    (the demo prior).
+    (the demo prior). `generator` (Instant: a trained generator makes the shape in one pass) and
+    `init_job` (Refine: optimize from that job's field) are sent only when set.
     """
 
     prompt: str
@@ -307,6 +312,8 @@ class GenerationRequest:
     live_every: int = 25
     camera: CameraRanges = field(default_factory=CameraRanges)
     export: ExportOptions = field(default_factory=ExportOptions)
+    generator: str | None = None
+    init_job: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -339,6 +346,10 @@ class GenerationRequest:
             body["guidance_scale"] = float(self.guidance_scale)
         if self.model and self.model.strip():
             body["model"] = self.model.strip()
+        if self.generator and self.generator.strip():
+            body["generator"] = self.generator.strip()
+        if self.init_job:
+            body["init_job"] = self.init_job
         return body
 
     def resolved(self, backend_request: dict[str, Any]) -> GenerationRequest:
@@ -372,6 +383,8 @@ class GenerationRequest:
             seed=int(data.get("seed", 0)),
             guidance_scale=data.get("guidance_scale"),
             model=data.get("model"),
+            generator=data.get("generator"),
+            init_job=data.get("init_job"),
             render_size=int(data.get("render_size") or 0),
             preview_every=int(data.get("preview_every", 50)),
             live_every=int(data.get("live_every", 25)),

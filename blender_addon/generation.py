@@ -4,7 +4,8 @@ building its result in the scene. Neither module imports the other; both import 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 import bpy
 
@@ -38,17 +39,55 @@ class Target:
         return Target((x + dx, y, z), self.rotation_z)
 
 
-def new_run(context: bpy.types.Context, *, fetch_previews: bool = True) -> GenerationRun:
-    """A run for the scene's current settings; raises BackendError with a message for bad input.
+# What a run makes: "optimize" (Generate: a per-prompt optimization), "instant" (a trained generator's
+# shape in one pass), "refine" (a per-prompt optimization that starts from an Instant result's shape).
+MODES = ("optimize", "instant", "refine")
+
+
+def refine_source(context: bpy.types.Context) -> tuple[str, GenerationRequest] | None:
+    """The Instant result Refine continues: the active object when it is one, else the newest in the
+    history; (its job id, its request), or None when there is none."""
+    obj = context.active_object if hasattr(context, "active_object") else None
+    if obj is not None and obj.get("dreamsmith_generator") and obj.get("dreamsmith_job_id"):
+        with contextlib.suppress(ValueError, TypeError, KeyError, IndexError):
+            stored = GenerationRequest.from_json(json.loads(obj.get("dreamsmith_settings") or "{}"))
+            return str(obj["dreamsmith_job_id"]), stored
+    for item in reversed(list(properties.settings_of(context).history)):
+        with contextlib.suppress(ValueError, TypeError, KeyError, IndexError):
+            stored = GenerationRequest.from_json(json.loads(item.settings_json or "{}"))
+            if stored.generator and item.job_id:
+                return str(item.job_id), stored
+    return None
+
+
+def new_run(
+    context: bpy.types.Context, *, fetch_previews: bool = True, mode: str = "optimize"
+) -> GenerationRun:
+    """A run for the scene's current settings (`mode`: see MODES); raises BackendError with a message for
+    bad input.
 
     fetch_previews: an interactive run (the modal operator): previews and live meshes are fetched.
     Otherwise (headless) the backend is asked for no live meshes, which nobody would see.
     """
     settings = properties.settings_of(context)
-    if not settings.prompt.strip():
-        raise BackendError('Type a prompt first, e.g. "a red cube".')
-    prefs = backend_settings(context)
     request = properties.request_from_settings(settings)
+    if mode == "refine":
+        source = refine_source(context)
+        if source is None:
+            raise BackendError("Make an Instant result first (or select one): Refine continues its shape.")
+        job_id, stored = source
+        # The shape is of the Instant prompt: refine that prompt, with the panel's method, steps and export.
+        request = replace(
+            request,
+            prompt=stored.prompt,
+            negative_prompt=stored.negative_prompt,
+            seed=stored.seed,
+            init_job=job_id,
+        )
+    elif not settings.prompt.strip():
+        raise BackendError('Type a prompt first, e.g. "a red cube".')
+    elif mode == "instant":
+        request = replace(request, generator=settings.generator.strip() or "demo")
     if not fetch_previews:
         request.live_every = 0
     target = Target.of(context)
@@ -57,6 +96,7 @@ def new_run(context: bpy.types.Context, *, fetch_previews: bool = True) -> Gener
         live_preview.remove()  # the result replaces the live mesh
         return import_downloaded(bpy.context, done, request, target=target)
 
+    prefs = backend_settings(context)
     run = GenerationRun(
         prefs.client(),
         request,
@@ -119,6 +159,7 @@ def import_downloaded(
             "dreamsmith_seed": request.seed,
             "dreamsmith_job_id": done.job_id,
             "dreamsmith_model": request.model or "",
+            "dreamsmith_generator": request.generator or "",
             "dreamsmith_settings": request.to_json(),
         },
     )
@@ -136,6 +177,7 @@ def import_downloaded(
         )
     session.STATE.last_message = (
         f"Imported '{obj.name}' ({len(arrays.vertices)} vertices, {len(arrays.faces)} faces)"
+        + "".join(f". Warning: {w}" for w in done.status.warnings)
     )
     return obj
 

@@ -23,7 +23,7 @@ from .client import (
     GenerationRequest,
     JobStatus,
 )
-from .generation import import_downloaded, new_run, push_undo, show_live
+from .generation import import_downloaded, new_run, push_undo, refine_source, show_live
 from .preferences import BackendSettings, backend_settings
 from .runner import Downloaded, GenerationRun
 
@@ -48,7 +48,7 @@ def _redraw(context: bpy.types.Context | None) -> None:
 
 
 def _start(
-    context: bpy.types.Context, operator: bpy.types.Operator, *, fetch_previews: bool
+    context: bpy.types.Context, operator: bpy.types.Operator, *, fetch_previews: bool, mode: str = "optimize"
 ) -> GenerationRun | None:
     state = session.STATE
     state.last_error = ""
@@ -57,7 +57,7 @@ def _start(
     state.preview_loaded_version = -1
     live_preview.remove()  # one left by an earlier session (a file saved while a run was going)
     try:
-        run = new_run(context, fetch_previews=fetch_previews)
+        run = new_run(context, fetch_previews=fetch_previews, mode=mode)
         run.start()
     except BackendError as exc:
         state.last_error = str(exc)
@@ -73,7 +73,8 @@ def _finish(operator: bpy.types.Operator, run: GenerationRun) -> set[OperatorRet
     state = session.STATE
     live_preview.remove()  # replaced by the result already, or the run was cancelled or failed
     if run.outcome == "succeeded":
-        operator.report({"INFO"}, state.last_message or "Dreamsmith: done")
+        warnings = run.status.warnings if run.status is not None else []
+        operator.report({"WARNING"} if warnings else {"INFO"}, state.last_message or "Dreamsmith: done")
         push_undo(f"Dreamsmith: {run.request.prompt[:40]}")
         return {"FINISHED"}
     if run.outcome == "cancelled":
@@ -99,6 +100,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
     # Not UNDO: the modal run pushes its own undo step once the object exists.
     bl_options = {"REGISTER"}
 
+    mode = "optimize"  # generation.MODES
     _timer: Any = None
     _run: GenerationRun | None = None
     _last_tick: float = 0.0
@@ -111,7 +113,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
         if bpy.app.background or context.window is None:
             return self.execute(context)
-        run = _start(context, self, fetch_previews=True)
+        run = _start(context, self, fetch_previews=True, mode=self.mode)
         if run is None:
             return {"CANCELLED"}
         self._run = run
@@ -151,7 +153,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         """Blocking generation (scripts, `blender --background`): the same run, polled in a loop."""
-        run = _start(context, self, fetch_previews=False)
+        run = _start(context, self, fetch_previews=False, mode=self.mode)
         if run is None:
             return {"CANCELLED"}
         headless.run_with_progress(run)
@@ -169,6 +171,28 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
         if self._timer is not None and context.window_manager is not None:
             context.window_manager.event_timer_remove(self._timer)
         self._timer = None
+
+
+class DREAMSMITH_OT_instant(DREAMSMITH_OT_generate):
+    """Make the prompt's shape in seconds with a trained generator (one forward pass, no optimization) and
+    import it at the 3D cursor; Refine continues it"""
+
+    bl_idname = "dreamsmith.instant"
+    bl_label = "Instant"
+    mode = "instant"
+
+
+class DREAMSMITH_OT_refine(DREAMSMITH_OT_generate):
+    """Optimize the selected Instant result (else the newest one) further for its prompt, starting from its
+    shape instead of a blob, with the panel's method and steps; the result is imported as a new object"""
+
+    bl_idname = "dreamsmith.refine"
+    bl_label = "Refine"
+    mode = "refine"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return not session.STATE.running and refine_source(context) is not None
 
 
 class DREAMSMITH_OT_cancel(bpy.types.Operator):
@@ -431,6 +455,8 @@ class DREAMSMITH_OT_stop_backend(bpy.types.Operator):
 
 CLASSES = (
     DREAMSMITH_OT_generate,
+    DREAMSMITH_OT_instant,
+    DREAMSMITH_OT_refine,
     DREAMSMITH_OT_cancel,
     DREAMSMITH_OT_randomize_seed,
     DREAMSMITH_OT_dismiss_message,

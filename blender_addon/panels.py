@@ -59,6 +59,8 @@ class DREAMSMITH_PT_main(DreamsmithPanel):
             row.operator("dreamsmith.cancel", text="Cancel", icon="CANCEL")
         else:
             row.operator("dreamsmith.generate", text="Generate", icon="PLAY")
+            row.operator("dreamsmith.instant", text="Instant", icon="LIGHT_SUN")
+            row.operator("dreamsmith.refine", text="Refine", icon="MODIFIER")
 
         run = state.run
         if run is not None and state.running:
@@ -95,6 +97,7 @@ class DREAMSMITH_PT_method(DreamsmithPanel):
         layout.use_property_decorate = False
         s = properties.settings_of(context)
         layout.prop(s, "model", placeholder="demo prior")
+        layout.prop(s, "generator", text="Instant Generator", placeholder="demo")
         layout.prop(s, "method")
         layout.prop(s, "steps", text="Steps (0 = default)")
         row = layout.row(align=True)

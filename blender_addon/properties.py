@@ -120,6 +120,12 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         description="Diffusion model on the backend machine: a local diffusers folder or a hub id. "
         "Empty uses the built-in demo prior (small, works offline on a CPU)",
     )
+    generator: StringProperty(
+        name="Generator",
+        description="Trained generator that Instant uses: 'demo' (built in: the demo prior's world of "
+        "coloured shapes) or a folder written by `python -m backend train-generator` on the backend machine",
+        default="demo",
+    )
     # The method is stored by name (a dynamic menu's numbers change when the backend's list does).
     method_name: StringProperty(
         name="Method", description="Score distillation method", default=DEFAULT_METHOD, options={"HIDDEN"}

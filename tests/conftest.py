@@ -112,3 +112,17 @@ def _fill_disk(folder: Path, leave_bytes: int = 0) -> None:
 def fill_disk() -> Callable[[Path, int], None]:
     """fill_disk(folder, leave_bytes): fill the file system of `folder` (e.g. a `small_disk`)."""
     return _fill_disk
+
+
+TINY_GENERATOR_PROMPTS = ["a red cube", "a blue sphere"]
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory: pytest.TempPathFactory, tiny_pixel_prior: Path) -> Path:
+    """Folder of a tiny untrained generator over the tiny pixel prior's text encoder, trained (in name) on
+    TINY_GENERATOR_PROMPTS."""
+    from backend.engine.generator import make_tiny_generator
+
+    return make_tiny_generator(
+        tmp_path_factory.mktemp("tiny_generator") / "gen", tiny_pixel_prior, TINY_GENERATOR_PROMPTS
+    )

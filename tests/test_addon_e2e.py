@@ -142,6 +142,49 @@ def test_uv_textured_result_gets_an_image_texture_material(settings: Any) -> Non
     assert len(obj.data.uv_layers["UVMap"].uv) == 3 * len(obj.data.polygons)
 
 
+def test_instant_then_refine_starts_from_the_instant_result(settings: Any, tiny_generator: Path) -> None:
+    settings.generator = str(tiny_generator)
+    settings.prompt = "a blue sphere"
+    client = BackendClient(session.STATE.settings_override.url)
+    before = object_names()
+    assert bpy.ops.dreamsmith.instant() == {"FINISHED"}  # the panel's Instant button
+    (name,) = object_names() - before
+    instant = bpy.data.objects[name]
+    instant_job = instant["dreamsmith_job_id"]
+    assert instant["dreamsmith_generator"] == str(tiny_generator)
+    status = client.job(instant_job)
+    assert status.state == "succeeded" and status.request["generator"] == str(tiny_generator)
+    assert status.steps == 0 and len(instant.data.vertices) > 0  # one forward pass, no optimization
+
+    # Refine continues the selected Instant result (whatever the prompt box says now) with the panel's steps.
+    settings.prompt = "something else"
+    mesh_select_only(instant)
+    assert operators.DREAMSMITH_OT_refine.poll(bpy.context)
+    before = object_names()
+    assert bpy.ops.dreamsmith.refine() == {"FINISHED"}
+    (refined_name,) = object_names() - before
+    refined = bpy.data.objects[refined_name]
+    refine_job = client.job(refined["dreamsmith_job_id"])
+    assert refine_job.state == "succeeded"
+    assert refine_job.request["init_job"] == instant_job and refine_job.request["prompt"] == "a blue sphere"
+    assert refine_job.request.get("generator") is None and refine_job.step == refine_job.steps == 2
+    assert refined["dreamsmith_generator"] == "" and len(refined.data.vertices) > 0
+
+
+def mesh_select_only(obj: Any) -> None:
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+
+
+def test_refine_without_an_instant_result_is_not_offered(settings: Any) -> None:
+    settings.history.clear()
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    assert not operators.DREAMSMITH_OT_refine.poll(bpy.context)
+
+
 class Event(SimpleNamespace):
     type: str
     value: str

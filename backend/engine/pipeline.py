@@ -3,13 +3,14 @@
 `generate` = optimize a field (`optimize.DistillationRun`, with progress, a stop flag and optional
 periodic checkpoints) + save its checkpoint (`checkpoint.py`) + export it (`export.py`).
 `export_checkpoint` does the second half alone: a saved field exported again with other export settings.
+With `cfg.generator` the field comes from a trained generator in one forward pass instead (`instant.py`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from backend.engine.prior import PriorCache, resolve_device
 from backend.engine.rendering import make_renderer
 from backend.errors import DreamsmithError, GenerationCancelled
 
-PHASES = ("loading model", "optimizing", "extracting mesh", "texturing", "done")
+PHASES = ("loading model", "generating", "optimizing", "extracting mesh", "texturing", "done")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class Progress:
     eta_s: float | None = None
     preview_png: bytes | None = None
     live_mesh: LiveMesh | None = None  # a coarse mesh of the field at `step` (`live.py`), when one is due
+    # Why the result may not be what the prompt asks (e.g. words a generator never saw); known from the
+    # phase that finds them on.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -47,6 +51,7 @@ class GenerationResult:
     n_vertices: int
     n_faces: int
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
 
 def _eta(elapsed: float, done: int, total: int) -> float | None:
@@ -97,6 +102,10 @@ def generate(
         check_stop()
         report(phase, cfg.steps)
 
+    if cfg.generator is not None:  # instant: a trained generator's field, no optimization
+        if init_field is not None or resume is not None:
+            raise DreamsmithError("a generator makes the field in one pass: give no init field and no resume")
+        return _generate_instant(cfg, out_dir, on_progress, should_stop, start)
     device = resolve_device(cfg.device)
     run: DistillationRun | None = None
     try:
@@ -154,6 +163,28 @@ def generate(
         n_faces=exported.n_faces,
         seconds=time.perf_counter() - start,
     )
+
+
+def _generate_instant(
+    cfg: GenerationConfig,
+    out_dir: Path,
+    on_progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+    start: float,
+) -> GenerationResult:
+    """A generator's result (`instant.py`); no optimization steps, so progress reports 0 of 0."""
+    from backend.engine.instant import generate_instant
+
+    def report(phase: str, warnings: tuple[str, ...] = ()) -> None:
+        if on_progress is not None:
+            on_progress(Progress(phase, 0, 0, elapsed_s=time.perf_counter() - start, warnings=warnings))
+
+    try:
+        files, n_vertices, n_faces, warnings = generate_instant(cfg, out_dir, report, should_stop)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise _out_of_memory() from exc
+    report("done", tuple(warnings))
+    return GenerationResult(files, n_vertices, n_faces, time.perf_counter() - start, warnings)
 
 
 def export_checkpoint(

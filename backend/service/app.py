@@ -86,6 +86,40 @@ def describe_device(device: str) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
+def check_generator(name: str) -> None:
+    """422 naming `generator` unless it is a generator folder (one message whatever else the path is)."""
+    from backend.engine.generator import GeneratorLoadError, resolve_generator
+
+    try:
+        resolve_generator(name)
+    except GeneratorLoadError as exc:
+        raise ApiError(422, "invalid_request", f"generator: {exc}", "generator") from None
+
+
+def builtin_generators() -> list[dict[str, Any]]:
+    """The built-in generators (GET /v1/health), read from their folders' records (no weights loaded)."""
+    import json
+
+    from backend.engine.generator import DEMO_GENERATOR_NAME, DEMO_GENERATOR_PATH, INFO_FILE, GeneratorInfo
+
+    try:
+        info = GeneratorInfo.from_dict(
+            json.loads((DEMO_GENERATOR_PATH / INFO_FILE).read_text(encoding="utf-8"))
+        )
+    except (OSError, ValueError, TypeError):
+        return []
+    return [
+        {
+            "name": DEMO_GENERATOR_NAME,
+            "prompts": len(info.prompts),
+            "examples": info.prompts[:3],
+            "vocabulary": sorted(info.vocabulary),
+            "method": info.method,
+            "prior": info.prior,
+        }
+    ]
+
+
 def create_app(
     data_dir: Path | str,
     *,
@@ -166,6 +200,7 @@ def create_app(
             "method_details": [m.info() for m in METHODS.values()],
             "default_method": DEFAULT_METHOD,
             "models": {"default": "demo", "loaded": list(worker.loaded_models)},
+            "generators": builtin_generators(),
             "queue": store.queued(),
         }
 
@@ -173,7 +208,11 @@ def create_app(
     def submit_job(request: JobRequest) -> dict[str, Any]:
         """Validate a generation request and queue it; jobs run one at a time, oldest first."""
         data = request.model_dump(mode="json")
-        config_from_dict(data)  # the engine's own checks (e.g. min <= max); InvalidConfig -> 422
+        cfg = config_from_dict(data)  # the engine's own checks (e.g. min <= max); InvalidConfig -> 422
+        if cfg.generator is not None:
+            check_generator(cfg.generator)
+        if cfg.init_job is not None:
+            store.check_init_job(cfg.init_job)
         return store.submit(data)
 
     @app.get("/v1/jobs", response_model=JobList, responses=_errors())

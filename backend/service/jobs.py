@@ -70,6 +70,7 @@ RECORD_FIELDS: dict[str, tuple[type | None, ...]] = {
     "error": (str, None),
     "created_at": (float,),
     "finished_at": (float, None),
+    "warnings": (list,),
 }
 OOM_HINT = (
     "the {memory} ran out of memory: try a smaller render_size (e.g. 64) or export.mesh_resolution, "
@@ -100,6 +101,7 @@ class Job:
     eta_s: float | None = None
     error: str | None = None
     finished_at: float | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a prompt outside a generator's training set
     artifacts: list[str] = field(default_factory=list)
     # Live-only fields (not persisted).
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -128,6 +130,7 @@ class Job:
             "elapsed_s": round(elapsed, 3),
             "eta_s": None if eta is None else round(eta, 3),
             "error": self.error,
+            "warnings": list(self.warnings),
             "artifacts": list(self.artifacts),
             "request": self.request,
             "created_at": self.created_at,
@@ -199,6 +202,8 @@ def _check_record(state: dict[str, Any]) -> None:
             raise DamagedRecord(f"state.json: {name} is not a number")
         if str in kinds and not isinstance(value, str):
             raise DamagedRecord(f"state.json: {name} is not a text")
+        if list in kinds and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise DamagedRecord(f"state.json: {name} is not a list of texts")
     if state.get("state", "queued") not in ("queued", "running", *FINISHED):
         raise DamagedRecord(f"state.json: unknown state {state['state']!r}")
 
@@ -336,6 +341,32 @@ class JobStore:
             self._wake.notify_all()
         log.info("job %s queued: %r", job_id, request.get("prompt"))
         return {"id": job_id, "state": "queued"}
+
+    def check_init_job(self, job_id: str) -> None:
+        """A Refine's `init_job` must name a job that has, or will have, a field (ApiError 422 if not)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            state = None if job is None else (job.outcome or job.state)
+        if job is None:
+            raise ApiError(422, "invalid_request", "init_job: no job with this id", "init_job")
+        if state in ("failed", "cancelled"):
+            raise ApiError(
+                422, "invalid_request", f"init_job: that job {state}, so it has no field", "init_job"
+            )
+
+    def field_of(self, job_id: str) -> Any:
+        """The field checkpoint a finished job left (`FieldCheckpoint`); DreamsmithError when there is none."""
+        from backend.engine.checkpoint import FILENAME, load_checkpoint
+
+        with self._lock:
+            job = self._jobs.get(job_id)
+            state = None if job is None else job.state
+        if job is None or state != "succeeded" or not is_regular_file(job.dir / FILENAME):
+            raise DreamsmithError(
+                f"init_job {job_id} has no field to start from (it was deleted, or did not succeed); "
+                "submit the Refine again with a finished job"
+            )
+        return load_checkpoint(job.dir / FILENAME)
 
     def _get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
@@ -568,6 +599,10 @@ class Worker:
                 changes["t"] = int(p.t)
             if p.loss is not None:
                 changes["loss"] = _finite(p.loss)
+            warnings = list(getattr(p, "warnings", ()))
+            if warnings and warnings != job.warnings:
+                changes["warnings"] = warnings
+                phase_changed = True  # written to state.json at once
             if p.preview_png is not None:
                 changes["preview"] = p.preview_png
                 if "preview.png" not in job.artifacts:
@@ -597,12 +632,14 @@ class Worker:
             check_output_folder(
                 job.dir, result_bytes_bound(export.target_faces, export.texture_size, export.texture == "uv")
             )
+            init_field = self.store.field_of(cfg.init_job) if cfg.init_job is not None else None
             generate(
                 cfg,
                 job.dir,
                 on_progress=on_progress,
                 should_stop=should_stop,
                 priors=priors,
+                init_field=init_field,
                 resumable_checkpoint=False,  # jobs are not resumed: the weights alone, a third of the size
                 live_meshes=True,  # every `live_every` steps, for the add-on's viewport (0: none)
             )

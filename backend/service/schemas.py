@@ -126,6 +126,10 @@ class JobStatus(BaseModel):
     elapsed_s: float
     eta_s: float | None
     error: str | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the result may not match the prompt (e.g. words a generator never saw)",
+    )
     artifacts: list[Literal[ARTIFACTS]]  # type: ignore[valid-type]
     request: dict[str, Any]
     created_at: float
@@ -154,6 +158,15 @@ class ModelsInfo(BaseModel):
     loaded: list[str]
 
 
+class GeneratorSummary(BaseModel):
+    name: str  # what a request's `generator` field takes
+    prompts: int  # training prompts
+    examples: list[str]
+    vocabulary: list[str]  # the words it was trained on (others get a warning)
+    method: str
+    prior: str
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -162,6 +175,10 @@ class Health(BaseModel):
     method_details: list[MethodInfo]
     default_method: str
     models: ModelsInfo
+    generators: list[GeneratorSummary] = Field(
+        default_factory=list,
+        description="built-in trained generators (instant results: a request's `generator`)",
+    )
     queue: int
 
 

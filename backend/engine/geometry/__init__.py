@@ -10,11 +10,16 @@ import torch
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.nerf import FieldConfig, RadianceField
 from backend.engine.geometry.sdf import SDFConfig, SDFField
+from backend.engine.geometry.triplane import TriplaneConfig, TriplaneField
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
 
-GEOMETRIES: dict[str, type[Geometry]] = {RadianceField.kind: RadianceField, SDFField.kind: SDFField}
+GEOMETRIES: dict[str, type[Geometry]] = {
+    RadianceField.kind: RadianceField,
+    SDFField.kind: SDFField,
+    TriplaneField.kind: TriplaneField,
+}
 
 
 def field_config_for(device: torch.device) -> FieldConfig:
@@ -31,6 +36,8 @@ def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
             sdf, beta_start=cfg.sdf_beta[0], beta_end=cfg.sdf_beta[1], levels_start=start, levels_ramp=ramp
         )
         return SDFField(sdf, device=device)
+    if cfg.geometry == TriplaneField.kind:  # what a prompt-amortized generator outputs, here from a sphere
+        return TriplaneField(TriplaneConfig(), device=device)
     nerf = dataclasses.replace(field_config_for(device), levels_start=start, levels_ramp=ramp)
     return RadianceField(nerf, device=device)
 
