@@ -54,6 +54,7 @@ from backend.fileio import (
     check_output_folder,
     remove_orphan_temporaries,
     result_bytes_bound,
+    try_lock,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -330,7 +331,7 @@ class BatchLock:
 
     def __enter__(self) -> BatchLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        if not try_lock(fd):
             try:
                 holder = os.read(fd, 64).decode("ascii", "replace").strip()
             finally:
@@ -351,24 +352,6 @@ class BatchLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
-
-
-def _try_lock(fd: int) -> bool:
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 class Batch:

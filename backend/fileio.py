@@ -1,6 +1,7 @@
 """Atomic file writes: a reader never sees a half-written request, state, preview or mesh.
 
-Also the checks made before a long run writes its results: that the output folder takes a file and has
+Also `try_lock`, the exclusive lock a process holds on a folder it owns (the service's data folder, a
+batch's output folder), and the checks made before a long run writes its results: that the output folder takes a file and has
 room for one result (`check_output_folder`), so a full or read-only disk is reported before the hour of
 optimization, not after.
 """
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,24 @@ def check_output_folder(folder: Path | str, need_bytes: int = 0) -> Path:
             "free some disk space or choose another output folder",
         )
     return folder
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive lock on the open file `fd` without waiting: True when taken, False when another
+    process holds it. The operating system drops it when the process ends, however it ends."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -301,7 +301,8 @@ def model_card(settings: dict[str, Any], info: dict[str, Any]) -> str:
     return f"""# Dreamsmith generator
 
 A prompt-amortized text-to-3D generator (ScaleDreamer's setting): one network maps a prompt's pooled text
-embedding to a triplane signed-distance field in a single forward pass (`backend/engine/generator.py`).
+embedding to a triplane field ({"a VolSDF signed distance" if info["generator_config"]["field"]["density"] == "volsdf" else "a softplus density"}
+and an albedo) in a single forward pass (`backend/engine/generator.py`).
 Use: `python -m backend generate "{settings["prompts"][0]}" --generator {info["folder"]}`.
 
 - **Data**: {len(settings["prompts"])} training prompts{f"; held out: {', '.join(held)}" if held else ""}

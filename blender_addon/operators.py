@@ -47,6 +47,36 @@ def _redraw(context: bpy.types.Context | None) -> None:
                 area.tag_redraw()
 
 
+class TimedModal:
+    """What the modal operators (Generate, Variations) share: their own window timer, and which events
+    wake them. Mixed into a bpy.types.Operator."""
+
+    _timer: Any = None
+    _last_tick: float = 0.0
+
+    def _run_modal(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
+        wm = context.window_manager
+        assert wm is not None
+        self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
+        wm.modal_handler_add(self)  # type: ignore[arg-type]  # self is the operator
+        _redraw(context)
+        return {"RUNNING_MODAL"}
+
+    def _wake(self, event: bpy.types.Event) -> str:
+        """ "escape" (Esc pressed: cancel, then tick), "tick" (our timer) or "skip" (pass the event on)."""
+        if event.type == "ESC" and event.value == "PRESS":
+            return "escape"
+        if event.type != "TIMER" or time.monotonic() - self._last_tick < 0.8 * TIMER_INTERVAL_S:
+            return "skip"  # not a timer, or another operator's: ours fires soon enough
+        self._last_tick = time.monotonic()
+        return "tick"
+
+    def _remove_timer(self, context: bpy.types.Context) -> None:
+        if self._timer is not None and context.window_manager is not None:
+            context.window_manager.event_timer_remove(self._timer)
+        self._timer = None
+
+
 def _start(
     context: bpy.types.Context, operator: bpy.types.Operator, *, fetch_previews: bool, mode: str = "optimize"
 ) -> GenerationRun | None:
@@ -92,7 +122,7 @@ def _finish(operator: bpy.types.Operator, run: GenerationRun) -> set[OperatorRet
 # Operators
 
 
-class DREAMSMITH_OT_generate(bpy.types.Operator):
+class DREAMSMITH_OT_generate(TimedModal, bpy.types.Operator):
     """Generate a 3D object from the prompt on the backend and import it at the 3D cursor"""
 
     bl_idname = "dreamsmith.generate"
@@ -101,9 +131,7 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
     bl_options = {"REGISTER"}
 
     mode = "optimize"  # generation.MODES
-    _timer: Any = None
     _run: GenerationRun | None = None
-    _last_tick: float = 0.0
     _live_shown: int = 0
 
     @classmethod
@@ -117,24 +145,17 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
         if run is None:
             return {"CANCELLED"}
         self._run = run
-        wm = context.window_manager
-        assert wm is not None
-        self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
-        wm.modal_handler_add(self)
-        _redraw(context)
-        return {"RUNNING_MODAL"}
+        return self._run_modal(context)
 
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
         run = self._run
         if run is None:
             return {"CANCELLED"}
-        if event.type == "ESC" and event.value == "PRESS":
-            run.request_cancel()
-        elif event.type != "TIMER":
+        wake = self._wake(event)
+        if wake == "skip":
             return {"PASS_THROUGH"}
-        elif time.monotonic() - self._last_tick < 0.8 * TIMER_INTERVAL_S:
-            return {"PASS_THROUGH"}  # another operator's timer: ours fires soon enough
-        self._last_tick = time.monotonic()
+        if wake == "escape":
+            run.request_cancel()
         run.tick()  # at most one short HTTP call
         if run.preview_path is not None and run.preview_version != session.STATE.preview_loaded_version:
             # A preview that cannot be shown is not worth stopping for.
@@ -166,11 +187,6 @@ class DREAMSMITH_OT_generate(bpy.types.Operator):
             self._run.tick()
         live_preview.remove()
         self._remove_timer(context)
-
-    def _remove_timer(self, context: bpy.types.Context) -> None:
-        if self._timer is not None and context.window_manager is not None:
-            context.window_manager.event_timer_remove(self._timer)
-        self._timer = None
 
 
 class DREAMSMITH_OT_instant(DREAMSMITH_OT_generate):

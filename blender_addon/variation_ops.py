@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import bpy
 from bpy.props import IntProperty
@@ -15,7 +15,7 @@ from bpy.props import IntProperty
 from . import session
 from .client import BackendError
 from .generation import Target, import_variation, new_variations
-from .operators import TIMER_INTERVAL_S, _redraw
+from .operators import TimedModal, _redraw
 from .variations import VariationSet
 
 if TYPE_CHECKING:
@@ -69,16 +69,14 @@ def _finish(operator: bpy.types.Operator, variations: VariationSet) -> set[Opera
     return {"FINISHED"} if ready else {"CANCELLED"}
 
 
-class DREAMSMITH_OT_generate_variations(bpy.types.Operator):
+class DREAMSMITH_OT_generate_variations(TimedModal, bpy.types.Operator):
     """Queue one job per seed (Seed, Seed + 1, ...) with the panel's settings; import the ones you like"""
 
     bl_idname = "dreamsmith.generate_variations"
     bl_label = "Generate Variations"
     bl_options = {"REGISTER"}
 
-    _timer: Any = None
     _variations: VariationSet | None = None
-    _last_tick: float = 0.0
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -90,24 +88,17 @@ class DREAMSMITH_OT_generate_variations(bpy.types.Operator):
         if not _start(context, self, fetch_previews=True):
             return {"CANCELLED"}
         self._variations = session.STATE.variations
-        wm = context.window_manager
-        assert wm is not None
-        self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
-        wm.modal_handler_add(self)
-        _redraw(context)
-        return {"RUNNING_MODAL"}
+        return self._run_modal(context)
 
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
         variations = self._variations
         if variations is None:
             return {"CANCELLED"}
-        if event.type == "ESC" and event.value == "PRESS":
-            variations.request_cancel()
-        elif event.type != "TIMER":
+        wake = self._wake(event)
+        if wake == "skip":
             return {"PASS_THROUGH"}
-        elif time.monotonic() - self._last_tick < 0.8 * TIMER_INTERVAL_S:
-            return {"PASS_THROUGH"}  # another operator's timer: ours fires soon enough
-        self._last_tick = time.monotonic()
+        if wake == "escape":
+            variations.request_cancel()
         variations.tick()  # at most one short HTTP call
         _load_previews(variations)
         _redraw(context)
@@ -136,11 +127,6 @@ class DREAMSMITH_OT_generate_variations(bpy.types.Operator):
         if self._variations is not None and not self._variations.finished:
             self._variations.cancel_now()
         self._remove_timer(context)
-
-    def _remove_timer(self, context: bpy.types.Context) -> None:
-        if self._timer is not None and context.window_manager is not None:
-            context.window_manager.event_timer_remove(self._timer)
-        self._timer = None
 
 
 class DREAMSMITH_OT_import_variation(bpy.types.Operator):

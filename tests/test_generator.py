@@ -334,3 +334,27 @@ def test_an_unknown_generator_is_a_one_line_error(tmp_path: Path) -> None:
         load_generator(str(tmp_path / "notgen"))
     with pytest.raises(GeneratorLoadError, match="demo|generator"):
         load_generator(str(tmp_path / "nowhere"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shipped demo generator
+
+
+def test_the_built_in_demo_generator_is_shipped_and_answers_its_held_out_prompts() -> None:
+    from backend import demo_world
+    from backend.engine.generator import DEMO_GENERATOR_PATH
+
+    demo = load_generator("demo")
+    info = demo.info
+    # the demo world's 36 objects minus 6 held-out pairs, each shape and each colour still seen in training
+    assert len(info.prompts) == 30 and len(info.held_out) == 6
+    assert not set(info.prompts) & set(info.held_out)
+    held = [demo_world.parse_prompt(p) for p in info.held_out]
+    assert len({o.shape for o in held}) == 6 and len({o.colour for o in held}) == 6
+    assert info.method == "asd" and (DEMO_GENERATOR_PATH / "README.md").is_file()
+    for prompt in info.held_out:
+        assert demo.warnings_for(prompt) == []  # its words were all seen, in other pairs
+        with torch.no_grad():
+            field = demo.field_for(prompt)
+            density = field.density(torch.zeros(1, 3))
+        assert torch.isfinite(density).all()

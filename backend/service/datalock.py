@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from backend.errors import DreamsmithError
+from backend.fileio import try_lock
 
 LOCK_NAME = "service.lock"
 MAX_HOLDER_BYTES = 4096
@@ -39,25 +39,6 @@ class DataDirBusy(DreamsmithError):
         self.holder = holder
 
 
-def _try_lock(fd: int) -> bool:
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 class DataDirLock:
     """The exclusive lock of one data folder, held from `acquire` until `release` or the process's end."""
 
@@ -75,7 +56,7 @@ class DataDirLock:
         """Take the lock (creating the folder) or raise DataDirBusy; an unwritable folder raises OSError."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        if not try_lock(fd):
             holder = _read_holder(fd)
             os.close(fd)
             raise DataDirBusy(self.data_dir, holder)

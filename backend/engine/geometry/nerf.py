@@ -13,67 +13,25 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from backend.engine.geometry.base import Geometry
-from backend.engine.geometry.hashgrid import HashGridConfig, make_hash_grid
-from backend.engine.geometry.progressive import ProgressiveLevels
+from backend.engine.geometry.gridfield import GridFieldConfig, cpu_sized, grid_encoding, mlp
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
 
 
 @dataclass
-class FieldConfig:
-    # Hash grid (16 levels x 2 features, 2^19 entries, resolutions 16 .. 2048: Instant-NGP's NeRF grid).
-    n_levels: int = 16
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: int = 16
-    finest_resolution: int = 2048
-    # MLP heads: hidden width and number of hidden layers.
-    hidden_dim: int = 64
-    n_hidden_layers: int = 1
+class FieldConfig(GridFieldConfig):
     # Density bias before the softplus: blob_density * (1 - |x| / blob_radius).
     blob_density: float = 10.0
     blob_radius: float = 0.5
-    # The field lives in [-bound, bound]^3 (world units).
-    bound: float = 1.0
-    # Step of the finite differences for normals, in world units (the finest cell is 2 bound / 2048).
-    normal_eps: float = 1e-2
-    # "central": (sigma(x + e) - sigma(x - e)) / 2 eps, 6 density evaluations per point, error O(eps^2);
-    # "forward": (sigma(x + e) - sigma(x)) / eps, 3 evaluations when the caller has sigma(x), error O(eps).
-    normal_stencil: str = "central"
-    # Coarse-to-fine levels (`progressive.py`): this many levels at the start, all by `levels_ramp` of
-    # the run; 0: every level from the start.
-    levels_start: int = 0
-    levels_ramp: float = 0.5
-
-    @property
-    def hash_grid(self) -> HashGridConfig:
-        return HashGridConfig(
-            n_levels=self.n_levels,
-            n_features_per_level=self.n_features_per_level,
-            log2_hashmap_size=self.log2_hashmap_size,
-            base_resolution=self.base_resolution,
-            finest_resolution=self.finest_resolution,
-        )
 
     @classmethod
     def small(cls) -> FieldConfig:
-        """A lighter grid for CPU runs at 32-64 px renders (12 levels, 2^15 entries, finest 512), with
-        forward-difference normals (3 density evaluations per visible sample instead of 6; on a trained
-        field they differ from central ones by ~8 degrees, as much as halving normal_eps does)."""
-        return cls(n_levels=12, log2_hashmap_size=15, finest_resolution=512, normal_stencil="forward")
-
-
-def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for _ in range(n_hidden_layers):
-        layers += [nn.Linear(n_in, hidden), nn.ReLU(inplace=True)]
-        n_in = hidden
-    layers.append(nn.Linear(n_in, n_out))
-    return nn.Sequential(*layers)
+        """The lighter grid for CPU runs at 32-64 px renders (`gridfield.cpu_sized`)."""
+        return cpu_sized(cls())
 
 
 class RadianceField(Geometry):
@@ -89,13 +47,10 @@ class RadianceField(Geometry):
         cfg = cfg or FieldConfig()
         self.cfg = cfg
         self.bound = float(cfg.bound)
-        self.encoding = make_hash_grid(cfg.hash_grid, device)
-        self.levels = ProgressiveLevels(
-            cfg.n_levels, cfg.n_features_per_level, cfg.levels_start, cfg.levels_ramp
-        ).to(device)
+        self.encoding, self.levels = grid_encoding(cfg, device)
         n_enc = self.encoding.n_output_dims
-        self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
-        self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
+        self.density_mlp = mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
+        self.albedo_mlp = mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
 
     @property
     def feature_dim(self) -> int:

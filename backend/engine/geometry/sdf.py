@@ -22,60 +22,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backend.engine.geometry.base import Geometry
-from backend.engine.geometry.hashgrid import HashGridConfig, make_hash_grid
-from backend.engine.geometry.nerf import _mlp
-from backend.engine.geometry.progressive import ProgressiveLevels
+from backend.engine.geometry.gridfield import GridFieldConfig, cpu_sized, grid_encoding, mlp
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
 
 
 @dataclass
-class SDFConfig:
-    n_levels: int = 16
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: int = 16
-    finest_resolution: int = 2048
-    hidden_dim: int = 64
-    n_hidden_layers: int = 1
+class SDFConfig(GridFieldConfig):
     sphere_radius: float = 0.5  # the initial shape
     # beta goes geometrically from beta_start to beta_end over the run (coarse to fine: a soft surface
     # gathers gradients from far while the shape forms, a sharp one is what the export meets).
     beta_start: float = 0.1
     beta_end: float = 0.1
-    bound: float = 1.0
-    normal_eps: float = 1e-2
-    # "central": 6 evaluations of d per normal; "forward": 4 (3 more given d(x)), as FieldConfig.small.
-    normal_stencil: str = "central"
     eikonal_points: int = 1024
-    levels_start: int = 0  # coarse-to-fine levels, as FieldConfig
-    levels_ramp: float = 0.5
     # The density is exactly 0 farther than this many beta outside the surface (the Laplace tail there is
     # below 0.3% of the surface density): the empty-space grid can then skip the haze around the object.
     cutoff: float = 6.0
 
-    @property
-    def hash_grid(self) -> HashGridConfig:
-        return HashGridConfig(
-            n_levels=self.n_levels,
-            n_features_per_level=self.n_features_per_level,
-            log2_hashmap_size=self.log2_hashmap_size,
-            base_resolution=self.base_resolution,
-            finest_resolution=self.finest_resolution,
-        )
-
     @classmethod
     def small(cls) -> SDFConfig:
-        """The CPU grid (as `FieldConfig.small`): 12 levels, 2^15 entries, finest 512, forward differences,
-        512 eikonal points."""
-        return cls(
-            n_levels=12,
-            log2_hashmap_size=15,
-            finest_resolution=512,
-            normal_stencil="forward",
-            eikonal_points=512,
-        )
+        """The CPU grid (`gridfield.cpu_sized`, as `FieldConfig.small`) with 512 eikonal points."""
+        return cpu_sized(cls(eikonal_points=512))
 
 
 def laplace_cdf(s: Tensor, beta: Tensor) -> Tensor:
@@ -96,13 +64,10 @@ class SDFField(Geometry):
         cfg = cfg or SDFConfig()
         self.cfg = cfg
         self.bound = float(cfg.bound)
-        self.encoding = make_hash_grid(cfg.hash_grid, device)
-        self.levels = ProgressiveLevels(
-            cfg.n_levels, cfg.n_features_per_level, cfg.levels_start, cfg.levels_ramp
-        ).to(device)
+        self.encoding, self.levels = grid_encoding(cfg, device)
         n_enc = self.encoding.n_output_dims
-        self.sdf_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
-        self.albedo_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
+        self.sdf_mlp = mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1).to(device)
+        self.albedo_mlp = mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 3).to(device)
         with torch.no_grad():  # f = 0 at the start: exactly the sphere
             last = self.sdf_mlp[-1]
             assert isinstance(last, nn.Linear)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backend.engine.geometry.base import Geometry
-from backend.engine.geometry.nerf import _mlp
+from backend.engine.geometry.gridfield import mlp
 from backend.engine.geometry.sdf import laplace_cdf
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ class TriplaneHeads(nn.Module):
     def __init__(self, cfg: TriplaneConfig) -> None:
         super().__init__()
         n_in = 3 * cfg.channels
-        self.sdf_mlp = _mlp(n_in, cfg.hidden_dim, cfg.n_hidden_layers, 1)
-        self.albedo_mlp = _mlp(n_in, cfg.hidden_dim, cfg.n_hidden_layers, 3)
+        self.sdf_mlp = mlp(n_in, cfg.hidden_dim, cfg.n_hidden_layers, 1)
+        self.albedo_mlp = mlp(n_in, cfg.hidden_dim, cfg.n_hidden_layers, 3)
         with torch.no_grad():  # f = 0 at the start: exactly the sphere, whatever the planes hold
             last = self.sdf_mlp[-1]
             assert isinstance(last, nn.Linear)
