@@ -1,9 +1,9 @@
 """Atomic file writes: a reader never sees a half-written request, state, preview or mesh.
 
 Also `try_lock`, the exclusive lock a process holds on a folder it owns (the service's data folder, a
-batch's output folder), and the checks made before a long run writes its results: that the output folder takes a file and has
-room for one result (`check_output_folder`), so a full or read-only disk is reported before the hour of
-optimization, not after.
+batch's output folder), and the checks made before a long run writes its results: that the output folder
+takes a file and has room for one result (`check_output_folder`), so a full or read-only disk is reported
+before the hour of optimization, not after.
 """
 
 from __future__ import annotations
