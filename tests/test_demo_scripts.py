@@ -44,7 +44,11 @@ def test_training_writes_a_diffusers_prior_the_engine_loads(trained):
     card = (trained / "README.md").read_text()
     assert "Final loss" in card and "min-SNR" in card
     prior = load_prior(str(trained), torch.device("cpu"))
-    assert not prior.is_latent and prior.input_size == 32 and prior.recommended == {"t_max": 0.6, "guidance_scale": {"sds": 3.0}}
+    assert (
+        not prior.is_latent
+        and prior.input_size == 32
+        and prior.recommended == {"t_max": 0.6, "guidance_scale": {"sds": 3.0}}
+    )
     # The tokenizer spells the world's captions, with the right article, in few tokens and none unknown.
     ids = prior.tokenizer("an orange torus, side view", add_special_tokens=False).input_ids
     assert prior.tokenizer.unk_token_id not in ids and len(ids) <= 12
