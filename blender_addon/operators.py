@@ -47,9 +47,17 @@ def _redraw(context: bpy.types.Context | None) -> None:
                 area.tag_redraw()
 
 
-class TimedModal:
-    """What the modal operators (Generate, Variations) share: their own window timer, and which events
-    wake them. Mixed into a bpy.types.Operator."""
+# Mixins of operators: bpy.types.Operator to the type checker, plain classes to Blender (it registers
+# only the operator classes themselves, and a registered operator class must not be subclassed).
+if TYPE_CHECKING:
+    _OperatorMixin = bpy.types.Operator
+else:
+    _OperatorMixin = object
+
+
+class TimedModal(_OperatorMixin):
+    """What the modal operators (Generate, Instant, Refine, Variations) share: their own window timer,
+    and which events wake them. Mixed into a bpy.types.Operator."""
 
     _timer: Any = None
     _last_tick: float = 0.0
@@ -58,7 +66,7 @@ class TimedModal:
         wm = context.window_manager
         assert wm is not None
         self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
-        wm.modal_handler_add(self)  # type: ignore[arg-type]  # self is the operator
+        wm.modal_handler_add(self)
         _redraw(context)
         return {"RUNNING_MODAL"}
 
@@ -122,15 +130,12 @@ def _finish(operator: bpy.types.Operator, run: GenerationRun) -> set[OperatorRet
 # Operators
 
 
-class DREAMSMITH_OT_generate(TimedModal, bpy.types.Operator):
-    """Generate a 3D object from the prompt on the backend and import it at the 3D cursor"""
+class GenerationModal(TimedModal):
+    """Generate, Instant and Refine: start a run of `mode` (generation.MODES), follow it with the window
+    timer (modal) or in a loop (headless), import its result. Not UNDO: the modal run pushes its own
+    undo step once the object exists."""
 
-    bl_idname = "dreamsmith.generate"
-    bl_label = "Generate"
-    # Not UNDO: the modal run pushes its own undo step once the object exists.
-    bl_options = {"REGISTER"}
-
-    mode = "optimize"  # generation.MODES
+    mode = "optimize"
     _run: GenerationRun | None = None
     _live_shown: int = 0
 
@@ -189,21 +194,32 @@ class DREAMSMITH_OT_generate(TimedModal, bpy.types.Operator):
         self._remove_timer(context)
 
 
-class DREAMSMITH_OT_instant(DREAMSMITH_OT_generate):
+class DREAMSMITH_OT_generate(GenerationModal, bpy.types.Operator):
+    """Generate a 3D object from the prompt on the backend and import it at the 3D cursor"""
+
+    bl_idname = "dreamsmith.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+    mode = "optimize"
+
+
+class DREAMSMITH_OT_instant(GenerationModal, bpy.types.Operator):
     """Make the prompt's shape in seconds with a trained generator (one forward pass, no optimization) and
     import it at the 3D cursor; Refine continues it"""
 
     bl_idname = "dreamsmith.instant"
     bl_label = "Instant"
+    bl_options = {"REGISTER"}
     mode = "instant"
 
 
-class DREAMSMITH_OT_refine(DREAMSMITH_OT_generate):
+class DREAMSMITH_OT_refine(GenerationModal, bpy.types.Operator):
     """Optimize the selected Instant result (else the newest one) further for its prompt, starting from its
     shape instead of a blob, with the panel's method and steps; the result is imported as a new object"""
 
     bl_idname = "dreamsmith.refine"
     bl_label = "Refine"
+    bl_options = {"REGISTER"}
     mode = "refine"
 
     @classmethod

@@ -190,13 +190,10 @@ class Event(SimpleNamespace):
     value: str
 
 
-class ModalHarness:
+class ModalHarness(operators.TimedModal):
     """The Generate operator's modal code driven by hand (no event loop in background Blender)."""
 
     modal = operators.DREAMSMITH_OT_generate.modal
-    _remove_timer = operators.DREAMSMITH_OT_generate._remove_timer
-    _timer = None
-    _last_tick = 0.0
     _live_shown = 0
 
     def __init__(self, context: Any) -> None:

@@ -234,7 +234,6 @@ def test_variations_queue_n_seeds_and_import_the_chosen_one_then_all_in_a_row(se
 
 class VariationsHarness(ModalHarness):
     modal = variation_ops.DREAMSMITH_OT_generate_variations.modal
-    _remove_timer = variation_ops.DREAMSMITH_OT_generate_variations._remove_timer
 
     def __init__(self, context: Any) -> None:
         self.reports: list[tuple[set[str], str]] = []
