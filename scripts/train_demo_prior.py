@@ -42,7 +42,7 @@ TEXT_DIM = 64
 UNCOND_P = 0.1  # classifier-free guidance dropout
 NO_VIEW_P = 0.05  # captions without a view suffix ("a red cube")
 # Written beside the model as dreamsmith.json: score distillation with this prior works best without the
-# largest timesteps (t_max 0.98 inflates non-spherical objects; bench_quality, t_max 0.6: red cube IoU
+# largest timesteps (t_max 0.98 inflates non-spherical objects; the quality benchmark then, t_max 0.6: red cube IoU
 # 0.39 -> 0.75 with tp-sds), and the SDS rule at guidance 3 instead of DreamFusion's 100 (this model's
 # guided samples grow with the scale: silhouettes about 25% too large at 3, 40% at 7.5, so distillation at
 # 100 swells shapes; bench_world --quick, tp-sds: accuracy 25% -> 50%, IoU 0.60 -> 0.73). The engine reads
