@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from backend.config import DEFAULT_T_MAX, GenerationConfig
+from backend.config import GenerationConfig, with_recommendations
 from backend.engine.background import make_background
 from backend.engine.cameras import sample_cameras
 from backend.engine.generator import GeneratorConfig, TextEmbedder, TriplaneGenerator
 from backend.engine.methods import METHODS
-from backend.engine.optimize import RenderedBatch, StepTimer, Supervision
+from backend.engine.optimize import RenderedBatch, StepTimer, Supervision, add_regularizers, to_cpu
 from backend.engine.prior import Prior, PromptEmbeddings
 from backend.engine.rendering import DenseRenderer, sample_light, sample_shading
 from backend.engine.rules import score_distillation_loss
@@ -220,9 +220,8 @@ class AmortizedRun:
         supervision: AmortizedSupervision | None = None,
         timer: StepTimer | None = None,
     ) -> None:
-        if cfg.t_max is None:
-            recommended = prior.recommended if prior is not None else {}
-            cfg = replace(cfg, t_max=recommended.get("t_max", DEFAULT_T_MAX))
+        # The model's recommendations for what the config leaves unset, as a per-prompt run takes them.
+        cfg = with_recommendations(cfg, prior.recommended if prior is not None else {})
         self.cfg = cfg
         self.procs = procs or Processes()
         self.prompts = self.procs.shard(list(prompts))
@@ -284,10 +283,7 @@ class AmortizedRun:
                     field, cams.rays_o, cams.rays_d, shading, light, bg, self.device_rng
                 )
             batches.append(RenderedBatch(cams, shading, light, bg, out))
-            regularizers = regularizers + cfg.lambda_orientation * out.orientation_loss
-            regularizers = regularizers + cfg.lambda_sparsity * (out.opacity**2 + 0.01).sqrt().mean()
-            for name, term in field.regularization(self.device_rng).items():
-                regularizers = regularizers + getattr(cfg, f"lambda_{name}") * term
+            regularizers = add_regularizers(regularizers, cfg, out, field, self.device_rng)
         loss = self.supervision.loss(batches, prompts, ts, self.device_rng, timer) + regularizers / len(
             fields
         )
@@ -316,7 +312,7 @@ class AmortizedRun:
             "generator_config": self.generator.cfg.to_dict(),
             "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
             "background": {k: v.detach().cpu() for k, v in self.background.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "rng": rng_states,
         }
 
@@ -344,16 +340,6 @@ def gather_rng_states(run: AmortizedRun) -> list[dict[str, Tensor]]:
     out: list[Any] = [None] * run.procs.world
     dist.all_gather_object(out, mine)
     return cast(list[dict[str, Tensor]], out)
-
-
-def _to_cpu(state: object) -> object:
-    if isinstance(state, Tensor):
-        return state.detach().cpu()
-    if isinstance(state, dict):
-        return {k: _to_cpu(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_to_cpu(v) for v in state]
-    return state
 
 
 OnStep = Callable[[int, AmortizedStats], None]

@@ -169,12 +169,7 @@ class DistillationRun:
         with timer("render"):
             batch = self._render(cams, shading)
         loss = self.supervision.loss(batch, t, self.device_rng, timer)
-        out = batch.out
-        # Regularizers: DreamFusion's orientation loss and a soft opacity (sparsity) penalty.
-        loss = loss + cfg.lambda_orientation * out.orientation_loss
-        loss = loss + cfg.lambda_sparsity * (out.opacity**2 + 0.01).sqrt().mean()
-        for name, term in self.geometry.regularization(self.device_rng).items():
-            loss = loss + getattr(cfg, f"lambda_{name}") * term
+        loss = add_regularizers(loss, cfg, batch.out, self.geometry, self.device_rng)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"the loss became {loss.item()} at step {i}: lower the guidance scale or the learning rates"
@@ -213,7 +208,7 @@ class DistillationRun:
             background_state={k: v.detach().cpu() for k, v in self.background.state_dict().items()},
         )
         if resumable:
-            ckpt.optimizer_state = cast(dict[str, Any], _to_cpu(self.optimizer.state_dict()))
+            ckpt.optimizer_state = cast(dict[str, Any], to_cpu(self.optimizer.state_dict()))
             ckpt.renderer_state = self.renderer.state_dict()
             ckpt.rng_state = {
                 "host": self.host_rng.get_state(),
@@ -277,11 +272,25 @@ def preview_png(
     return buf.getvalue()
 
 
-def _to_cpu(state: object) -> object:
+def add_regularizers(
+    loss: Tensor, cfg: GenerationConfig, out: RenderOutput, geometry: Geometry, generator: torch.Generator
+) -> Tensor:
+    """`loss` plus the regularizers of one render of `geometry`: DreamFusion's orientation loss, a soft
+    opacity (sparsity) penalty and the geometry's own terms, each weighted by the config's
+    `lambda_<name>` (added one by one, in this order)."""
+    loss = loss + cfg.lambda_orientation * out.orientation_loss
+    loss = loss + cfg.lambda_sparsity * (out.opacity**2 + 0.01).sqrt().mean()
+    for name, term in geometry.regularization(generator).items():
+        loss = loss + getattr(cfg, f"lambda_{name}") * term
+    return loss
+
+
+def to_cpu(state: object) -> object:
+    """Tensors anywhere in nested dicts and lists (an optimizer's state), detached on the CPU."""
     if isinstance(state, torch.Tensor):
         return state.detach().cpu()
     if isinstance(state, dict):
-        return {k: _to_cpu(v) for k, v in state.items()}
+        return {k: to_cpu(v) for k, v in state.items()}
     if isinstance(state, list):
-        return [_to_cpu(v) for v in state]
+        return [to_cpu(v) for v in state]
     return state

@@ -52,6 +52,13 @@ def laplace_cdf(s: Tensor, beta: Tensor) -> Tensor:
     return torch.where(s <= 0, half_tail, 1.0 - half_tail)
 
 
+def volsdf_density(d: Tensor, inside: Tensor, beta: Tensor, cutoff: float) -> Tensor:
+    """sigma = Psi_beta(-d) / beta where `inside` (the bound box) and d < cutoff beta, else exactly 0."""
+    sigma = laplace_cdf(-d, beta) / beta
+    keep = inside & (d < cutoff * beta)
+    return torch.where(keep, sigma, torch.zeros_like(sigma))
+
+
 class SDFField(Geometry):
     """d(x), sigma(x) and albedo(x) for world points x [N, 3] in [-bound, bound]^3 (torch's global RNG
     draws the parameters: seed it first)."""
@@ -98,10 +105,7 @@ class SDFField(Geometry):
         return self._sdf_from_features(self._encode(x), x)
 
     def _sigma(self, d: Tensor, x: Tensor) -> Tensor:
-        beta = self.beta
-        sigma = laplace_cdf(-d, beta) / beta
-        keep = (x.abs() <= self.bound).all(-1) & (d < self.cfg.cutoff * beta)
-        return torch.where(keep, sigma, torch.zeros_like(sigma))
+        return volsdf_density(d, (x.abs() <= self.bound).all(-1), self.beta, self.cfg.cutoff)
 
     def density(self, x: Tensor) -> Tensor:
         return self._sigma(self.sdf(x), x)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.gridfield import mlp
-from backend.engine.geometry.sdf import laplace_cdf
+from backend.engine.geometry.sdf import volsdf_density
 
 if TYPE_CHECKING:
     from backend.config import GenerationConfig
@@ -143,10 +143,7 @@ class TriplaneField(Geometry):
         if not self.is_sdf:
             sigma = F.softplus(-d)
             return torch.where(inside, sigma, torch.zeros_like(sigma))
-        beta = self.beta
-        sigma = laplace_cdf(-d, beta) / beta
-        keep = inside & (d < self.cfg.cutoff * beta)
-        return torch.where(keep, sigma, torch.zeros_like(sigma))
+        return volsdf_density(d, inside, self.beta, self.cfg.cutoff)
 
     def density(self, x: Tensor) -> Tensor:
         return self._sigma(self.sdf(x), x)
