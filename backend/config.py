@@ -226,6 +226,13 @@ class GenerationConfig:
         "the 3D representation: nerf (density field), sdf (VolSDF signed distance) or triplane (a generator's field)",
         choices=geometry_kinds,
     )
+    # The starting shape of a nerf geometry: Magic3D's density blob, softplus(raw + b (1 - |x| / r)).
+    blob_density: float = setting(
+        10.0, "nerf: density bias at the centre of the starting ball (0: no ball)", lo=0.0, hi=100.0
+    )
+    blob_radius: float = setting(
+        0.5, "nerf: radius at which the starting ball's density bias crosses 0", lo=0.05, hi=2.0
+    )
     # Adam learning rates per part of the field.
     lr_grid: float = setting(1e-2, "learning rate of the hash grid", lo=0.0, hi=1.0)
     lr_mlp: float = setting(1e-3, "learning rate of the MLP heads", lo=0.0, hi=1.0)

@@ -38,7 +38,13 @@ def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
         return SDFField(sdf, device=device)
     if cfg.geometry == TriplaneField.kind:  # what a prompt-amortized generator outputs, here from a sphere
         return TriplaneField(TriplaneConfig(), device=device)
-    nerf = dataclasses.replace(field_config_for(device), levels_start=start, levels_ramp=ramp)
+    nerf = dataclasses.replace(
+        field_config_for(device),
+        levels_start=start,
+        levels_ramp=ramp,
+        blob_density=cfg.blob_density,
+        blob_radius=cfg.blob_radius,
+    )
     return RadianceField(nerf, device=device)
 
 
