@@ -240,6 +240,9 @@ class GenerationConfig:
     # Regularizer weights.
     lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
     lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)
+    lambda_depth_variance: float = setting(
+        0.0, "weight of the depth variance along rays (pulls fog into surfaces)", lo=0.0, hi=1e6
+    )
     lambda_eikonal: float = setting(0.1, "weight of an SDF geometry's eikonal term", lo=0.0, hi=1e6)
     grid_levels_start: int = setting(
         0, "coarse-to-fine: hash-grid levels active at the start (0: all from the start)", lo=0, hi=32

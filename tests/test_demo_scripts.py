@@ -122,7 +122,11 @@ def test_ceiling_supervision_is_exact_on_the_true_object():
     white = torch.ones(2, 24, 24, 3)
     zero = torch.zeros(2, 24, 24, 1)
     batch = RenderedBatch(
-        cams, "lambertian", light, white, RenderOutput(white, zero, zero, white, torch.zeros(()))
+        cams,
+        "lambertian",
+        light,
+        white,
+        RenderOutput(white, zero, zero, white, torch.zeros(()), torch.zeros(())),
     )
     target = PhotometricTruth(obj, ambient=0.3).target(batch)
     expected, _ = render(obj, cams.rays_o, cams.rays_d, light, ambient=0.3)

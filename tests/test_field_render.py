@@ -431,10 +431,32 @@ def test_packed_and_padded_compositing_agree() -> None:
     packed = composite(packed_w, colours[keep], normals[keep], t_mid[keep], dirs[ray_indices], ray_indices, r)
     w = padded_w * keep
     expected = composite(w, colours, normals, t_mid, dirs)
-    for name in ("rgb", "opacity", "depth", "normal", "orientation_sum"):
+    for name in ("rgb", "opacity", "depth", "normal", "orientation_sum", "depth_variance_sum"):
         torch.testing.assert_close(getattr(packed, name), getattr(expected, name))
     assert packed.opacity[3] == 0 and padded.opacity[3] > 0
     # w_i = T_i (1 - exp(-tau_i)) by hand for one ray.
     t0 = tau[2]
     hand = torch.exp(-torch.cat([torch.zeros(1), t0.cumsum(0)[:-1]])) * (1 - torch.exp(-t0))
     torch.testing.assert_close(padded_w[2], hand)
+
+
+def test_depth_variance_is_zero_at_one_surface_and_the_spread_of_fog() -> None:
+    """sum_i w_i (t_i - depth)^2 / opacity: 0 for a ray whose weight sits in one sample, the variance of
+    the sample distances for weight spread evenly; differentiable, so descending it gathers fog."""
+    t_mid = torch.tensor([[1.0, 1.5, 2.0, 2.5]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]])
+    zeros = torch.zeros(1, 4, 3)
+    one = composite(torch.tensor([[0.0, 0.9, 0.0, 0.0]]), zeros, zeros, t_mid, dirs)
+    assert float(one.depth_variance_sum) == pytest.approx(0.0, abs=1e-9)
+    even = composite(torch.full((1, 4), 0.2), zeros, zeros, t_mid, dirs)
+    assert float(even.depth_variance_sum) == pytest.approx(float(t_mid.var(unbiased=False)), rel=1e-5)
+    # Descending it through the optical depths concentrates a uniform fog.
+    log_tau = torch.full((1, 4), 0.3).log().requires_grad_()
+    optimizer = torch.optim.Adam([log_tau], lr=0.1)
+    start = float(composite(render_weights(log_tau.exp()), zeros, zeros, t_mid, dirs).depth_variance_sum)
+    for _ in range(50):
+        optimizer.zero_grad()
+        composite(render_weights(log_tau.exp()), zeros, zeros, t_mid, dirs).depth_variance_sum.backward()
+        optimizer.step()
+    end = float(composite(render_weights(log_tau.exp()), zeros, zeros, t_mid, dirs).depth_variance_sum)
+    assert end < 0.3 * start

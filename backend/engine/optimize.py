@@ -276,10 +276,12 @@ def add_regularizers(
     loss: Tensor, cfg: GenerationConfig, out: RenderOutput, geometry: Geometry, generator: torch.Generator
 ) -> Tensor:
     """`loss` plus the regularizers of one render of `geometry`: DreamFusion's orientation loss, a soft
-    opacity (sparsity) penalty and the geometry's own terms, each weighted by the config's
-    `lambda_<name>` (added one by one, in this order)."""
+    opacity (sparsity) penalty, the depth variance along rays and the geometry's own terms, each weighted
+    by the config's `lambda_<name>` (added one by one, in this order; a zero weight adds nothing)."""
     loss = loss + cfg.lambda_orientation * out.orientation_loss
     loss = loss + cfg.lambda_sparsity * (out.opacity**2 + 0.01).sqrt().mean()
+    if cfg.lambda_depth_variance:
+        loss = loss + cfg.lambda_depth_variance * out.depth_variance
     for name, term in geometry.regularization(generator).items():
         loss = loss + getattr(cfg, f"lambda_{name}") * term
     return loss

@@ -26,6 +26,7 @@ class RenderOutput:
     depth: Tensor  # [B, H, W, 1] expected distance along the ray of the visible surface (0 where empty)
     normal: Tensor  # [B, H, W, 3] sum_i w_i n_i, world space, not renormalized (zeros without normals)
     orientation_loss: Tensor  # scalar: the orientation penalty averaged over rays
+    depth_variance: Tensor  # scalar: sum_i w_i (t_i - depth)^2 / opacity averaged over rays
 
 
 class Renderer:
@@ -77,7 +78,7 @@ def empty_totals(geometry: Geometry, n_rays: int, like: Tensor) -> RayTotals:
     """RayTotals of rays that meet nothing, still attached to the geometry's graph."""
     zeros = torch.zeros(n_rays, 1, device=like.device)
     keep = keep_graph(geometry, like)
-    return RayTotals(zeros.expand(n_rays, 3) + keep, zeros, zeros, zeros.expand(n_rays, 3), keep)
+    return RayTotals(zeros.expand(n_rays, 3) + keep, zeros, zeros, zeros.expand(n_rays, 3), keep, keep)
 
 
 def to_images(shape: tuple[int, int, int], totals: RayTotals, background: Tensor | None) -> RenderOutput:
@@ -92,4 +93,5 @@ def to_images(shape: tuple[int, int, int], totals: RayTotals, background: Tensor
         depth=totals.depth.view(b, h, w, 1),
         normal=totals.normal.view(b, h, w, 3),
         orientation_loss=totals.orientation_sum / (b * h * w),
+        depth_variance=totals.depth_variance_sum / (b * h * w),
     )

@@ -8,7 +8,9 @@ Per sample i of a ray, with optical depth tau_i = sigma_i delta_i:
 Two layouts, one function each (as nerfstudio's renderers): *padded* samples [R, S] (S per ray, in order
 along the ray) and *packed* samples [M] with `ray_indices` [M] (each ray's samples contiguous and in
 order, as nerfacc's marching returns them). The orientation loss (DreamFusion's R_orient) is
-sum_i stopgrad(w_i) max(0, n_i . d)^2 over all samples; the caller averages it over rays.
+sum_i stopgrad(w_i) max(0, n_i . d)^2 over all samples; the depth variance (threestudio's z-variance) is
+sum_i w_i (t_i - depth)^2 / opacity per ray, small when a ray's weight sits at one surface and large in
+fog; the caller averages both over rays.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from torch import Tensor
 @dataclass
 class RayTotals:
     """Per-ray sums before the background: rgb [R, 3], opacity [R, 1], depth [R, 1], normal [R, 3]
-    (sum_i w_i n_i, not renormalized) and the orientation penalty summed over all rays (scalar)."""
+    (sum_i w_i n_i, not renormalized), and the orientation penalty and the depth variance summed over all
+    rays (scalars)."""
 
     rgb: Tensor
     opacity: Tensor
     depth: Tensor
     normal: Tensor
     orientation_sum: Tensor
+    depth_variance_sum: Tensor
 
 
 def render_weights(tau: Tensor, ray_indices: Tensor | None = None) -> Tensor:
@@ -73,6 +77,7 @@ def composite(
         opacity = weights.sum(1, keepdim=True)
         depth = (weights * t_mid).sum(1, keepdim=True) / opacity.clamp_min(1e-6)
         normal = (wk * normals).sum(1)
+        spread = (weights * (t_mid - depth).square()).sum(1, keepdim=True)
         facing_away = (normals * dirs.unsqueeze(1)).sum(-1).clamp_min(0.0)
     else:
         if n_rays is None:
@@ -86,6 +91,8 @@ def composite(
         opacity = per_ray(torch.ones_like(weights).unsqueeze(-1))
         depth = per_ray(t_mid.unsqueeze(-1)) / opacity.clamp_min(1e-6)
         normal = per_ray(normals)
+        spread = per_ray((t_mid - depth.squeeze(-1)[ray_indices]).square().unsqueeze(-1))
         facing_away = (normals * dirs).sum(-1).clamp_min(0.0)
     orientation = (weights.detach() * facing_away.square()).sum()
-    return RayTotals(rgb, opacity, depth, normal, orientation)
+    depth_variance = (spread / opacity.clamp_min(1e-6)).sum()
+    return RayTotals(rgb, opacity, depth, normal, orientation, depth_variance)

@@ -110,7 +110,12 @@ class DenseRenderer(Renderer):
             torch.cat([getattr(p, k) for p in parts]) for k in ("rgb", "opacity", "depth", "normal")
         )
         totals = RayTotals(
-            rgb, opacity, depth, normal, orientation_sum=cast(Tensor, sum(p.orientation_sum for p in parts))
+            rgb,
+            opacity,
+            depth,
+            normal,
+            orientation_sum=cast(Tensor, sum(p.orientation_sum for p in parts)),
+            depth_variance_sum=cast(Tensor, sum(p.depth_variance_sum for p in parts)),
         )
         return to_images((b, h, w), totals, background)
 
