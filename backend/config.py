@@ -21,6 +21,8 @@ from backend.settings import Setting, nested_fields, setting, settings_of, valid
 
 DEFAULT_METHOD = "tp-sds"
 DEFAULT_T_MAX = 0.98  # for models that recommend none (docs/design.md, "Timestep schedules")
+# What a recommendable setting is when neither the request nor the model sets it (guidance: the rule's).
+ENGINE_DEFAULTS = {"t_max": DEFAULT_T_MAX, "lambda_depth_variance": 0.0}
 TEXTURE_MODES = ("vertex", "uv")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_PROMPT_CHARS = 500
@@ -240,8 +242,13 @@ class GenerationConfig:
     # Regularizer weights.
     lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
     lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)
-    lambda_depth_variance: float = setting(
-        0.0, "weight of the depth variance along rays (pulls fog into surfaces)", lo=0.0, hi=1e6
+    lambda_depth_variance: float | None = setting(
+        None,
+        "weight of the depth variance along rays (gathers fog into surfaces); omitted: the model's "
+        "recommendation, else 0 (off)",
+        lo=0.0,
+        hi=1e6,
+        recommended=True,
     )
     lambda_eikonal: float = setting(0.1, "weight of an SDF geometry's eikonal term", lo=0.0, hi=1e6)
     grid_levels_start: int = setting(
@@ -328,14 +335,15 @@ def recommendable() -> dict[str, Setting]:
 
 def with_recommendations(cfg: GenerationConfig, recommended: dict[str, Any]) -> GenerationConfig:
     """`cfg` with every recommendable setting it leaves unset filled in: the model's recommendation, else
-    the engine's default (t_max 0.98; guidance: the method's rule's default). A guidance recommendation is
-    a number, or one per rule name ({"sds": 5, "asd": 7.5})."""
+    the engine's default (`ENGINE_DEFAULTS`; guidance: the method's rule's default). A guidance
+    recommendation is a number, or one per rule name ({"sds": 5, "asd": 7.5})."""
     from backend.engine.methods import METHODS
 
     rule = METHODS[cfg.method].rule
     changes: dict[str, Any] = {}
-    if cfg.t_max is None:
-        changes["t_max"] = float(recommended.get("t_max", DEFAULT_T_MAX))
+    for key, default in ENGINE_DEFAULTS.items():
+        if getattr(cfg, key) is None:
+            changes[key] = float(recommended.get(key, default))
     if not cfg.guidance_scale:
         guidance = recommended.get("guidance_scale")
         if isinstance(guidance, dict):

@@ -342,3 +342,26 @@ def test_a_model_folder_may_recommend_a_guidance_scale_per_rule(
     assert guidance(method="sds", guidance_scale=0.0) == 5.0  # 0 means "default", as in the API
     (folder / "dreamsmith.json").write_text(json.dumps({"guidance_scale": 12}))
     assert load_prior(str(folder), CPU).recommended == {"guidance_scale": 12.0}
+
+
+def test_a_model_folder_may_recommend_a_depth_variance_weight(tiny_pixel_prior: Path, tmp_path: Path) -> None:
+    from backend.config import GenerationConfig
+    from backend.engine.optimize import DistillationRun
+    from backend.errors import ModelLoadError
+
+    folder = tmp_path / "recommends"
+    shutil.copytree(tiny_pixel_prior, folder)
+    (folder / "dreamsmith.json").write_text(json.dumps({"lambda_depth_variance": 250}))
+    prior = load_prior(str(folder), CPU)
+    assert prior.recommended == {"lambda_depth_variance": 250.0}
+
+    def weight(model_prior: object, **kw: object) -> float | None:
+        cfg = GenerationConfig(prompt="a red cube", steps=2, **kw)  # type: ignore[arg-type]
+        return DistillationRun(cfg, model_prior, CPU).cfg.lambda_depth_variance  # type: ignore[arg-type]
+
+    assert weight(prior) == 250.0
+    assert weight(prior, lambda_depth_variance=0.0) == 0.0  # an explicit 0 switches it off
+    assert weight(load_prior(str(tiny_pixel_prior), CPU)) == 0.0  # no recommendation: off
+    (folder / "dreamsmith.json").write_text(json.dumps({"lambda_depth_variance": -1}))
+    with pytest.raises(ModelLoadError, match="lambda_depth_variance"):
+        load_prior(str(folder), CPU)
