@@ -250,6 +250,15 @@ class GenerationConfig:
         hi=1e6,
         recommended=True,
     )
+    lambda_opaque: float = setting(
+        0.0,
+        "weight of the opacity entropy (sharpens silhouettes: pixels fully opaque or empty)",
+        lo=0.0,
+        hi=1e6,
+    )
+    lambda_normal_smooth: float = setting(
+        0.0, "weight of the smoothness of the rendered normals between neighbouring pixels", lo=0.0, hi=1e6
+    )
     lambda_eikonal: float = setting(0.1, "weight of an SDF geometry's eikonal term", lo=0.0, hi=1e6)
     grid_levels_start: int = setting(
         0, "coarse-to-fine: hash-grid levels active at the start (0: all from the start)", lo=0, hi=32

@@ -28,8 +28,9 @@ from backend.engine.background import make_background
 from backend.engine.cameras import sample_cameras
 from backend.engine.generator import GeneratorConfig, TextEmbedder, TriplaneGenerator
 from backend.engine.methods import METHODS
-from backend.engine.optimize import RenderedBatch, StepTimer, Supervision, add_regularizers, to_cpu
+from backend.engine.optimize import RenderedBatch, StepTimer, Supervision, to_cpu
 from backend.engine.prior import Prior, PromptEmbeddings
+from backend.engine.regularizers import add_regularizers
 from backend.engine.rendering import DenseRenderer, sample_light, sample_shading
 from backend.engine.rules import score_distillation_loss
 from backend.engine.schedules import timestep_bounds

@@ -30,6 +30,7 @@ from backend.engine.checkpoint import FieldCheckpoint
 from backend.engine.geometry import Geometry, make_geometry
 from backend.engine.methods import METHODS
 from backend.engine.prior import Prior
+from backend.engine.regularizers import add_regularizers
 from backend.engine.rendering import Renderer, RenderOutput, make_renderer, sample_light, sample_shading
 from backend.engine.rules import score_distillation_loss
 from backend.engine.schedules import timestep_bounds
@@ -270,21 +271,6 @@ def preview_png(
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def add_regularizers(
-    loss: Tensor, cfg: GenerationConfig, out: RenderOutput, geometry: Geometry, generator: torch.Generator
-) -> Tensor:
-    """`loss` plus the regularizers of one render of `geometry`: DreamFusion's orientation loss, a soft
-    opacity (sparsity) penalty, the depth variance along rays and the geometry's own terms, each weighted
-    by the config's `lambda_<name>` (added one by one, in this order; a zero weight adds nothing)."""
-    loss = loss + cfg.lambda_orientation * out.orientation_loss
-    loss = loss + cfg.lambda_sparsity * (out.opacity**2 + 0.01).sqrt().mean()
-    if cfg.lambda_depth_variance:
-        loss = loss + cfg.lambda_depth_variance * out.depth_variance
-    for name, term in geometry.regularization(generator).items():
-        loss = loss + getattr(cfg, f"lambda_{name}") * term
-    return loss
 
 
 def to_cpu(state: object) -> object:
