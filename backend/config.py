@@ -235,6 +235,11 @@ class GenerationConfig:
     blob_radius: float = setting(
         0.5, "nerf: radius at which the starting ball's density bias crosses 0", lo=0.05, hi=2.0
     )
+    density_activation: str = setting(
+        "softplus",
+        "nerf: raw density to sigma: softplus(raw + ball) (Magic3D's), or exp: softplus(ball) * exp(raw)",
+        choices=("softplus", "exp"),
+    )
     # Adam learning rates per part of the field.
     lr_grid: float = setting(1e-2, "learning rate of the hash grid", lo=0.0, hi=1.0)
     lr_mlp: float = setting(1e-3, "learning rate of the MLP heads", lo=0.0, hi=1.0)

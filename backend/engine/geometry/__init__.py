@@ -44,6 +44,7 @@ def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
         levels_ramp=ramp,
         blob_density=cfg.blob_density,
         blob_radius=cfg.blob_radius,
+        density_activation=cfg.density_activation,
     )
     return RadianceField(nerf, device=device)
 

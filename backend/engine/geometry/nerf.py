@@ -2,7 +2,10 @@
 
 Density follows Magic3D / threestudio: sigma = softplus(raw + blob), where the "blob" bias
 blob_density * (1 - |x| / blob_radius) starts the optimization from a soft ball at the origin
-(DreamFusion section 3.1 uses a similar density bias). Points outside the bound box have no density.
+(DreamFusion section 3.1 uses a similar density bias). With `density_activation` "exp" the same ball is
+scaled instead: sigma = softplus(blob) * exp(raw), so a step of the optimizer changes the density by a
+factor rather than by an amount (Instant-NGP's exponential activation). Points outside the bound box
+have no density.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ if TYPE_CHECKING:
     from backend.config import GenerationConfig
 
 
+DENSITY_ACTIVATIONS = ("softplus", "exp")
+MAX_LOG_GAIN = 15.0  # "exp": the factor exp(raw) stays within e^-15 .. e^15 (and keeps a gradient inside)
+
+
 @dataclass
 class FieldConfig(GridFieldConfig):
     # Density bias before the softplus: blob_density * (1 - |x| / blob_radius).
     blob_density: float = 10.0
     blob_radius: float = 0.5
+    density_activation: str = "softplus"  # or "exp": softplus(blob) * exp(raw)
 
     @classmethod
     def small(cls) -> FieldConfig:
@@ -71,7 +79,11 @@ class RadianceField(Geometry):
         return cast(Tensor, self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius))
 
     def _sigma(self, raw: Tensor, x: Tensor) -> Tensor:
-        sigma = F.softplus(raw.squeeze(-1) + self.density_bias(x))
+        raw = raw.squeeze(-1)
+        if self.cfg.density_activation == "exp":
+            sigma = F.softplus(self.density_bias(x)) * torch.exp(raw.clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN))
+        else:
+            sigma = F.softplus(raw + self.density_bias(x))
         return torch.where(self._inside(x), sigma, torch.zeros_like(sigma))
 
     def density(self, x: Tensor) -> Tensor:
