@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -111,6 +112,27 @@ def test_blob_makes_centre_dense_and_corners_empty() -> None:
     assert sigma[0] > 8 and sigma[1] > 6
     assert sigma[2] < 1e-3
     assert sigma[3] == 0  # outside the bound box
+
+
+def test_exp_density_activation_scales_the_same_ball_by_a_factor() -> None:
+    torch.manual_seed(0)
+    small = FieldConfig.small()
+    soft = RadianceField(small)
+    torch.manual_seed(0)
+    exp = RadianceField(dataclasses.replace(small, density_activation="exp"))
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.1, -0.2], [0.9, 0.0, 0.0], [1.5, 0.0, 0.0]])
+    with torch.no_grad():
+        raw = exp.density_mlp(exp._encode(x)).squeeze(-1)
+        ball = torch.nn.functional.softplus(exp.density_bias(x))
+        assert torch.allclose(exp.density(x)[:3], ball[:3] * raw[:3].exp())
+        assert float(exp.density(x)[3]) == 0.0  # outside the bound box
+        # A fresh field is about the same ball either way (raw starts near 0: the heads' biases).
+        assert torch.allclose(exp.density(x), soft.density(x), rtol=0.15, atol=1e-3)
+        # A change of raw by +1 multiplies the density by e wherever it is.
+        exp.density_mlp[-1].bias += 1.0
+        assert torch.allclose(exp.density(x)[:3], ball[:3] * (raw[:3] + 1).exp(), rtol=1e-5)
+    again = RadianceField.from_spec(exp.spec())
+    assert again.cfg.density_activation == "exp"
 
 
 def test_forward_albedo_and_normals() -> None:
