@@ -133,6 +133,8 @@ def test_exp_density_activation_scales_the_same_ball_by_a_factor() -> None:
         assert torch.allclose(exp.density(x)[:3], ball[:3] * (raw[:3] + 1).exp(), rtol=1e-5)
     again = RadianceField.from_spec(exp.spec())
     assert again.cfg.density_activation == "exp"
+    with pytest.raises(ValueError, match="density activation"):
+        RadianceField(dataclasses.replace(small, density_activation="relu"))
 
 
 def test_forward_albedo_and_normals() -> None:

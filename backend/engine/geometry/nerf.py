@@ -53,6 +53,10 @@ class RadianceField(Geometry):
     def __init__(self, cfg: FieldConfig | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__()
         cfg = cfg or FieldConfig()
+        if cfg.density_activation not in DENSITY_ACTIVATIONS:
+            raise ValueError(
+                f"unknown density activation {cfg.density_activation!r}; use {' or '.join(DENSITY_ACTIVATIONS)}"
+            )
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.encoding, self.levels = grid_encoding(cfg, device)
