@@ -41,6 +41,12 @@ def geometry_kinds() -> tuple[str, ...]:
     return tuple(GEOMETRIES)
 
 
+def density_activations() -> tuple[str, ...]:
+    from backend.engine.geometry.nerf import DENSITY_ACTIVATIONS
+
+    return DENSITY_ACTIVATIONS
+
+
 def background_kinds() -> tuple[str, ...]:
     from backend.engine.background import BACKGROUNDS
 
@@ -238,7 +244,7 @@ class GenerationConfig:
     density_activation: str = setting(
         "softplus",
         "nerf: raw density to sigma: softplus(raw + ball) (Magic3D's), or exp: softplus(ball) * exp(raw)",
-        choices=("softplus", "exp"),
+        choices=density_activations,
     )
     # Adam learning rates per part of the field.
     lr_grid: float = setting(1e-2, "learning rate of the hash grid", lo=0.0, hi=1.0)
