@@ -250,6 +250,12 @@ class GenerationConfig:
     lr_grid: float = setting(1e-2, "learning rate of the hash grid", lo=0.0, hi=1.0)
     lr_mlp: float = setting(1e-3, "learning rate of the MLP heads", lo=0.0, hi=1.0)
     lr_background: float = setting(1e-3, "learning rate of the learned background", lo=0.0, hi=1.0)
+    lr_decay: float = setting(
+        1.0,
+        "learning rates at the last step as a fraction of their start, decayed exponentially (1: constant)",
+        lo=1e-4,
+        hi=1.0,
+    )
     # Regularizer weights.
     lambda_orientation: float = setting(1e-2, "weight of the orientation loss", lo=0.0, hi=1e6)
     lambda_sparsity: float = setting(1e-3, "weight of the opacity (sparsity) penalty", lo=0.0, hi=1e6)

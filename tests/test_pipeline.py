@@ -175,12 +175,16 @@ def test_a_saved_field_exports_the_same_mesh_again(tiny_pixel_prior, tmp_path, p
     assert len(read_arrays(tmp_path / "finer")["faces"]) != len(read_arrays(tmp_path / "run")["faces"])
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_latent_prior, tmp_path, priors):
-    whole = generate(small_config(tiny_latent_prior, "asd", steps=5), tmp_path / "whole", priors=priors)
+@pytest.mark.parametrize("lr_decay", [1.0, 0.2])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_latent_prior, tmp_path, priors, lr_decay):
+    def config() -> GenerationConfig:
+        return small_config(tiny_latent_prior, "asd", steps=5, lr_decay=lr_decay)
+
+    whole = generate(config(), tmp_path / "whole", priors=priors)
     seen: list[int] = []
     with pytest.raises(GenerationCancelled):
         generate(
-            small_config(tiny_latent_prior, "asd", steps=5),
+            config(),
             tmp_path / "part",
             should_stop=lambda: bool(seen) and seen[-1] >= 2,
             on_progress=lambda p: seen.append(p.step) if p.phase == "optimizing" else None,
@@ -189,9 +193,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_latent_prior, t
         )
     ckpt = load_checkpoint(tmp_path / "part" / "field.pt")
     assert ckpt.step == 2 and ckpt.resumable
-    resumed = generate(
-        small_config(tiny_latent_prior, "asd", steps=5), tmp_path / "part", priors=priors, resume=ckpt
-    )
+    resumed = generate(config(), tmp_path / "part", priors=priors, resume=ckpt)
     assert_same_arrays(
         read_arrays(whole.files["mesh.npz"].parent), read_arrays(resumed.files["mesh.npz"].parent)
     )

@@ -157,6 +157,7 @@ class DistillationRun:
         self.device_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         groups = self.geometry.param_groups(cfg) + self.background.param_groups(cfg)
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        self.start_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.steps_done = 0
 
     def step(self, i: int | None = None) -> StepStats:
@@ -179,6 +180,7 @@ class DistillationRun:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with timer("optimizer"):
+            decay_learning_rates(self.optimizer, self.start_lrs, cfg.lr_decay, i, cfg.steps)
             self.optimizer.step()
             self.renderer.update(i, self.geometry)
         self.steps_done = i + 1
@@ -271,6 +273,16 @@ def preview_png(
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def decay_learning_rates(
+    optimizer: torch.optim.Optimizer, start_lrs: list[float], decay: float, step: int, total: int
+) -> None:
+    """Set each group's rate for optimizer step `step` of `total`: its start rate times decay^(step / (total - 1)),
+    so the last step runs at `decay` times the start (a function of the step alone: resuming needs no state)."""
+    factor = decay ** (step / max(total - 1, 1)) if decay != 1.0 else 1.0
+    for group, lr in zip(optimizer.param_groups, start_lrs, strict=True):
+        group["lr"] = lr * factor
 
 
 def to_cpu(state: object) -> object:
