@@ -278,9 +278,10 @@ def preview_png(
 def decay_learning_rates(
     optimizer: torch.optim.Optimizer, start_lrs: list[float], decay: float, step: int, total: int
 ) -> None:
-    """Set each group's rate for optimizer step `step` of `total`: its start rate times decay^(step / (total - 1)),
-    so the last step runs at `decay` times the start (a function of the step alone: resuming needs no state)."""
-    factor = decay ** (step / max(total - 1, 1)) if decay != 1.0 else 1.0
+    """Set each group's rate for optimizer step `step` of `total`: its start rate times
+    decay^(step / (total - 1)), so the last step runs at `decay` times the start (1: the start throughout).
+    A function of the step alone, so a resumed run needs no state for it."""
+    factor = decay ** (step / max(total - 1, 1))
     for group, lr in zip(optimizer.param_groups, start_lrs, strict=True):
         group["lr"] = lr * factor
 
