@@ -24,6 +24,7 @@ DEFAULT_T_MAX = 0.98  # for models that recommend none (docs/design.md, "Timeste
 # What a recommendable setting is when neither the request nor the model sets it (guidance: the rule's).
 ENGINE_DEFAULTS = {"t_max": DEFAULT_T_MAX, "lambda_depth_variance": 0.0}
 TEXTURE_MODES = ("vertex", "uv")
+AUTO_LEVELS = ("silhouette", "density")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_PROMPT_CHARS = 500
 
@@ -112,6 +113,15 @@ class ExportConfig:
         lo=-1e6,
         hi=1e6,
         cli=True,
+    )
+    auto_level: str = setting(
+        "silhouette",
+        "how the automatic surface level is chosen (when threshold is omitted)",
+        choices=AUTO_LEVELS,
+        api=True,
+        cli=True,
+        cli_help="silhouette: the level whose silhouettes match the field's rendered opacity; "
+        "density: from the density grid's statistics",
     )
 
     def validate(self) -> ExportConfig:
@@ -242,7 +252,7 @@ class GenerationConfig:
         0.5, "nerf: radius at which the starting ball's density bias crosses 0", lo=0.05, hi=2.0
     )
     density_activation: str = setting(
-        "softplus",
+        "exp",
         "nerf: raw density to sigma: softplus(raw + ball) (Magic3D's), or exp: softplus(ball) * exp(raw)",
         choices=density_activations,
     )
@@ -251,7 +261,7 @@ class GenerationConfig:
     lr_mlp: float = setting(1e-3, "learning rate of the MLP heads", lo=0.0, hi=1.0)
     lr_background: float = setting(1e-3, "learning rate of the learned background", lo=0.0, hi=1.0)
     lr_decay: float = setting(
-        1.0,
+        0.3,
         "learning rates at the last step as a fraction of their start, decayed exponentially (1: constant)",
         lo=1e-4,
         hi=1.0,

@@ -288,6 +288,7 @@ class ExportOptions:
     texture_size: int = 1024
     target_faces: int = 50000
     smoothing: float = 1.0
+    auto_level: str = "silhouette"
 
 
 @dataclass
@@ -336,6 +337,7 @@ class GenerationRequest:
                 "texture_size": int(self.export.texture_size),
                 "target_faces": int(self.export.target_faces),
                 "smoothing": float(self.export.smoothing),
+                "auto_level": self.export.auto_level,
             },
         }
         if self.steps:
@@ -401,6 +403,7 @@ class GenerationRequest:
                 texture_size=int(exp.get("texture_size", defaults_exp.texture_size)),
                 target_faces=int(exp.get("target_faces", defaults_exp.target_faces)),
                 smoothing=float(exp.get("smoothing", defaults_exp.smoothing)),
+                auto_level=str(exp.get("auto_level", defaults_exp.auto_level)),
             ),
         )
 

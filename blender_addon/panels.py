@@ -147,6 +147,7 @@ class DREAMSMITH_PT_export(DreamsmithPanel):
         layout.prop(s, "mesh_resolution")
         layout.prop(s, "target_faces")
         layout.prop(s, "smoothing")
+        layout.prop(s, "auto_level")
         layout.prop(s, "texture")
         row = layout.row()
         row.active = s.texture == "uv"

@@ -76,6 +76,14 @@ def _set_method(self: DreamsmithSettings, value: int) -> None:
         self.method_name = items[value][0]
 
 
+SURFACE_LEVEL_ITEMS = [
+    (
+        "silhouette",
+        "Silhouette",
+        "The surface shows the outline the field renders: what the diffusion model was shown",
+    ),
+    ("density", "Density", "The surface at a density chosen from the field's own statistics (tighter)"),
+]
 TEXTURE_ITEMS = [
     ("vertex", "Vertex Colors", "Colours stored per vertex: fastest; detail follows the mesh density"),
     (
@@ -294,6 +302,12 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         min=0.0,
         max=4.0,
     )
+    auto_level: EnumProperty(
+        name="Surface Level",
+        description="Where the mesh's surface is cut from the density field",
+        items=SURFACE_LEVEL_ITEMS,
+        default="silhouette",
+    )
     object_size: FloatProperty(
         name="Object Size",
         description="Largest dimension of the imported object, in scene units",
@@ -357,6 +371,7 @@ def request_from_settings(s: DreamsmithSettings) -> GenerationRequest:
             texture_size=s.texture_size,
             target_faces=s.target_faces,
             smoothing=s.smoothing,
+            auto_level=s.auto_level,
         ),
     )
 
@@ -384,6 +399,8 @@ def apply_request(s: DreamsmithSettings, req: GenerationRequest) -> None:
     s.texture_size = req.export.texture_size
     s.target_faces = req.export.target_faces
     s.smoothing = req.export.smoothing
+    if req.export.auto_level in {item[0] for item in SURFACE_LEVEL_ITEMS}:
+        s.auto_level = req.export.auto_level
 
 
 def add_history(

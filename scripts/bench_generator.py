@@ -228,7 +228,7 @@ def refine_curves(
         run = DistillationRun(cfg, prior, device, geometry=geometry)
         curve = []
         if kind == "refine":
-            curve.append({"step": 0, "iou": metrics.score_field(run.geometry, truth)["iou"]})
+            curve.append({"step": 0, "iou": metrics.score_field(run.geometry, truth, cfg.export)["iou"]})
         eval_s = 0.0
         for i in range(cfg.steps):
             if curve and curve[-1]["iou"] >= target:
@@ -236,7 +236,9 @@ def refine_curves(
             run.step(i)
             if (i + 1) % args.eval_every == 0 or i + 1 == cfg.steps:
                 t0 = time.perf_counter()
-                curve.append({"step": i + 1, "iou": metrics.score_field(run.geometry, truth)["iou"]})
+                curve.append(
+                    {"step": i + 1, "iou": metrics.score_field(run.geometry, truth, cfg.export)["iou"]}
+                )
                 eval_s += time.perf_counter() - t0
         out[kind] = {"curve": curve, "seconds": round(time.perf_counter() - start - eval_s, 1)}
         if kind == "cold":

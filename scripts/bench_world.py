@@ -103,7 +103,7 @@ def bench_one(
         run.step(i)
         if args.eval_every and ((i + 1) % args.eval_every == 0 or i + 1 == cfg.steps):
             t0 = time.perf_counter()
-            curve.append({"step": i + 1} | metrics.score_field(run.geometry, truth, cfg.export.threshold))
+            curve.append({"step": i + 1} | metrics.score_field(run.geometry, truth, cfg.export))
             eval_s += time.perf_counter() - t0
     optimize_s = time.perf_counter() - start - eval_s
     record: dict[str, Any] = {"prompt": prompt, "shape": obj.shape, "colour": obj.colour, "method": method}

@@ -149,7 +149,12 @@ def test_requests_are_what_the_backend_accepts() -> None:
         render_size=32,
         camera=CameraRanges(elevation_deg=(0.0, 30.0), front_azimuth_deg=15.0),
         export=ExportOptions(
-            mesh_resolution=48, texture="uv", texture_size=256, target_faces=5000, smoothing=0.5
+            mesh_resolution=48,
+            texture="uv",
+            texture_size=256,
+            target_faces=5000,
+            smoothing=0.5,
+            auto_level="silhouette",
         ),
     )
     body = request.to_json()
@@ -158,6 +163,7 @@ def test_requests_are_what_the_backend_accepts() -> None:
     assert (cfg.method, cfg.steps, cfg.seed, cfg.render_size) == ("asd", 12, 3, 32)
     assert cfg.camera.elevation_deg == (0.0, 30.0) and cfg.camera.front_azimuth_deg == 15.0
     assert (cfg.export.texture, cfg.export.mesh_resolution, cfg.export.smoothing) == ("uv", 48, 0.5)
+    assert cfg.export.auto_level == "silhouette"
     assert GenerationRequest.from_json(body).to_json() == body
     assert (
         config_from_dict(GenerationRequest(prompt="x", guidance_scale=20, model="m").to_json()).model == "m"

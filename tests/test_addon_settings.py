@@ -82,10 +82,14 @@ def test_camera_ranges_match_the_backend(prop: str, key: str) -> None:
         assert p.default == pytest.approx(default), prop
 
 
-def test_texture_modes_and_text_lengths_match() -> None:
+def test_texture_modes_surface_levels_and_text_lengths_match() -> None:
     assert {item.identifier for item in rna("texture").enum_items} == set(
         BACKEND["export.texture"].spec.allowed()
     )
+    assert {item.identifier for item in rna("auto_level").enum_items} == set(
+        BACKEND["export.auto_level"].spec.allowed()
+    )
+    assert rna("auto_level").default == BACKEND["export.auto_level"].default
     settings = properties.settings_of(bpy.context.scene)
     for name in ("prompt", "negative_prompt"):  # Blender cuts a longer text at the backend's limit
         setattr(settings, name, "x" * 600)

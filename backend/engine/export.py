@@ -28,6 +28,7 @@ import mcubes
 import numpy as np
 import scipy.sparse
 import torch
+import torch.nn.functional as F
 import trimesh
 from numpy.typing import NDArray
 from PIL import Image
@@ -36,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 
 from backend.config import ExportConfig
 from backend.engine import texture as uv_texture
+from backend.engine.cameras import camera_rays, orbit_camera
 from backend.engine.cancellation import Check, no_check
 from backend.errors import DreamsmithError, OutputError
 from backend.fileio import save_npz_atomic, write_bytes_atomic
@@ -48,6 +50,18 @@ MIN_DENSITY = 1.0  # optical depth 1 per world unit: below this the field is haz
 # a coarse grid with one sample every COARSE_STEP corners.
 EMPTY_DENSITY = 0.5 * MIN_DENSITY
 COARSE_STEP = 4
+# Silhouette level (see `silhouette_level`): views at these elevations (degrees) and SILHOUETTE_AZIMUTHS
+# azimuths (none facing an axis), SILHOUETTE_SIZE^2 rays each with SILHOUETTE_SAMPLES samples, cameras at
+# SILHOUETTE_DISTANCE times the bound with a vertical field of view of SILHOUETTE_FOV_DEG (the training
+# cameras' middle); a ray is inside the rendered silhouette at an opacity of SILHOUETTE_OPACITY or more.
+SILHOUETTE_ELEVATIONS = (10.0, 30.0)
+SILHOUETTE_AZIMUTHS = 8
+SILHOUETTE_SIZE = 48
+SILHOUETTE_SAMPLES = 192  # per ray on a 128^3 grid (a sample every ~1.15 cells), in proportion on others
+SILHOUETTE_DISTANCE = 2.0
+SILHOUETTE_FOV_DEG = 45.0
+SILHOUETTE_OPACITY = 0.5
+SILHOUETTE_CANDIDATES = 80  # levels tried, log-spaced from MIN_DENSITY to the rays' robust peak
 # Components with fewer faces than this fraction of the largest one are floaters.
 FLOATER_FRACTION = 0.05
 
@@ -63,6 +77,20 @@ def surface_level(field: Any) -> float | None:
     """The density on the field's own surface when it defines one (an SDF geometry), else None (automatic)."""
     level = getattr(field, "surface_level", None)
     return level() if callable(level) else None
+
+
+def surface_threshold(field: Any, grid: NDArray[Any], export: ExportConfig) -> float:
+    """The marching-cubes level for `field`'s `grid`: `export.threshold` when set, else the field's own
+    surface (`surface_level`), else the automatic level by `export.auto_level` ("silhouette":
+    `silhouette_level`; "density": `auto_threshold`)."""
+    if export.threshold is not None:
+        return float(export.threshold)
+    own = surface_level(field)
+    if own is not None:
+        return float(own)
+    if export.auto_level == "silhouette":
+        return silhouette_level(grid, float(field.bound))
+    return auto_threshold(grid)
 
 
 def _field_device(field: Any) -> torch.device:
@@ -211,6 +239,69 @@ def auto_threshold(grid: NDArray[Any]) -> float:
     background = max(float(np.percentile(sample, 10)), 0.0)
     level = min(max(PEAK_FRACTION * peak, MIN_DENSITY), SURFACE_DENSITY)
     return max(level, math.sqrt(background * peak))
+
+
+def grid_ray_stats(
+    grid: NDArray[Any], bound: float, chunk: int = 4096
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Opacity 1 - exp(-integral of density) and the highest density along each ray of the fixed
+    silhouette views (see SILHOUETTE_*), read from `grid` (a `density_grid`) by trilinear interpolation;
+    outside the grid the density is 0. -> (opacity, max) f32 [n_rays]."""
+    volume = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).permute(2, 1, 0)[None, None]
+    el = torch.tensor([e for e in SILHOUETTE_ELEVATIONS for _ in range(SILHOUETTE_AZIMUTHS)])
+    az = torch.tensor(
+        [
+            (k + 0.5) * 360.0 / SILHOUETTE_AZIMUTHS
+            for _ in SILHOUETTE_ELEVATIONS
+            for k in range(SILHOUETTE_AZIMUTHS)
+        ]
+    )
+    distance = SILHOUETTE_DISTANCE * bound
+    c2w = orbit_camera(el, az, torch.full_like(el, distance))
+    rays_o, rays_d = camera_rays(c2w, torch.full_like(el, SILHOUETTE_FOV_DEG), SILHOUETTE_SIZE)
+    half = bound * math.sqrt(3.0)  # the grid lies within this distance of the origin
+    n_samples = max(2, round(SILHOUETTE_SAMPLES * (grid.shape[0] - 1) / 127))
+    t = torch.linspace(distance - half, distance + half, n_samples)
+    dt = float(t[1] - t[0])
+    opacity, peak = [], []
+    for o, d in zip(rays_o.reshape(-1, 3).split(chunk), rays_d.reshape(-1, 3).split(chunk), strict=True):
+        x = (o[:, None] + t[None, :, None] * d[:, None]) / bound  # grid_sample's [-1, 1] cube
+        sigma = F.grid_sample(
+            volume, x[None, None], mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        sigma = torch.nan_to_num(sigma[0, 0, 0], nan=0.0)
+        opacity.append(1.0 - torch.exp(-sigma.clamp(min=0.0).sum(1) * dt))
+        peak.append(sigma.max(1).values)
+    return torch.cat(opacity).numpy(), torch.cat(peak).numpy()
+
+
+def silhouette_level(grid: NDArray[Any], bound: float) -> float:
+    """The density level whose surface shows the silhouettes the field renders.
+
+    Score distillation judges the field only through its renderings, so the object it made is what those
+    show: the pixels whose opacity reaches SILHOUETTE_OPACITY. A level L's surface covers a pixel when
+    the density along its ray reaches L. From fixed views around the object (`grid_ray_stats`), the level
+    is the one (of SILHOUETTE_CANDIDATES, log-spaced from MIN_DENSITY up to the rays' 99.9th-percentile
+    peak) whose covered pixels best match the opaque ones (highest IoU; the lowest such level). A field
+    whose renderings are nowhere opaque, or opaque everywhere (fog), falls back to `auto_threshold`; one
+    that never reaches MIN_DENSITY gets MIN_DENSITY (`marching_cubes_mesh` then reports an empty field).
+
+    For a radially symmetric field every ray's opacity and peak depend only on its distance from the
+    centre, so the rule is exact there: a Gaussian A exp(-r^2 / s^2) renders opaque out to where its
+    peak is ln 2 / (s sqrt(pi)), whatever A, and that is the level.
+    """
+    opacity, peak = grid_ray_stats(grid, bound)
+    opaque = opacity >= SILHOUETTE_OPACITY
+    if not opaque.any() or opaque.all():  # no silhouette to match: haze, or fog filling every view
+        return auto_threshold(grid)
+    top = float(np.percentile(peak, 99.9))
+    if not top > MIN_DENSITY:
+        return MIN_DENSITY
+    levels = np.geomspace(MIN_DENSITY, top, SILHOUETTE_CANDIDATES)
+    covered = peak[None, :] >= levels[:, None]  # [levels, rays]
+    inter = (covered & opaque).sum(1)
+    union = (covered | opaque).sum(1)
+    return float(levels[int(np.argmax(inter / np.maximum(union, 1)))])
 
 
 def smooth_grid(
@@ -463,8 +554,7 @@ def export_result(
     grid = density_grid(field, export.mesh_resolution, empty_below=empty_level(export.threshold), check=check)
     grid = smooth_grid(grid, export.smoothing, check)
     check()
-    threshold = export.threshold if export.threshold is not None else surface_level(field)
-    verts, faces = marching_cubes_mesh(grid, bound, threshold)
+    verts, faces = marching_cubes_mesh(grid, bound, surface_threshold(field, grid, export))
     del grid
     check()
     verts, faces = remove_floaters(verts, faces)

@@ -29,7 +29,7 @@ from backend.engine.export import (
     marching_cubes_mesh,
     remove_floaters,
     smooth_grid,
-    surface_level,
+    surface_threshold,
     vertex_colors,
     vertex_normals,
 )
@@ -69,9 +69,8 @@ def extract_live_mesh(
     sigma = export.smoothing * (resolution - 1) / max(export.mesh_resolution - 1, 1)
     grid = smooth_grid(grid, sigma, check)
     check()
-    threshold = export.threshold if export.threshold is not None else surface_level(field)
     try:
-        verts, faces = marching_cubes_mesh(grid, bound, threshold)
+        verts, faces = marching_cubes_mesh(grid, bound, surface_threshold(field, grid, export))
     except DreamsmithError:  # an empty field: no live mesh this time
         return None
     verts, faces = remove_floaters(verts, faces)

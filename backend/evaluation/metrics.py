@@ -1,7 +1,7 @@
 """Scores of a field or a mesh against a world object: IoU, colour, surface error, and the verdict.
 
 - IoU: volumetric, on an R^3 grid over the scene bound (R = 64 by default). A field's inside is its
-  density at the lattice points thresholded with the export's own rule (`export.auto_threshold`), so it
+  density at the lattice points thresholded at the export's own level (`export.surface_threshold`), so it
   means what marching cubes would make of the field; a mesh's inside is a ray-parity test at the cells'
   centres.
 - colour: mean |predicted - true albedo| (RGB in [0, 1]), and the world colour nearest to the mean
@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from backend import demo_world
+from backend.config import ExportConfig
 from backend.evaluation.truth import Truth, project_to_surface, sample_triangles, shape_cell_occupancy
 
 MIN_IOU = 0.7
@@ -52,15 +53,15 @@ def colour_named(mean_rgb: NDArray[Any]) -> str:
 
 
 def field_occupancy(
-    geometry: Any, resolution: int, threshold: float | None = None
+    geometry: Any, resolution: int, export_config: ExportConfig | None = None
 ) -> tuple[NDArray[np.bool_], float]:
-    """bool [R, R, R] (density >= the export's level) and the level used (None: the automatic one)."""
+    """bool [R, R, R] (density >= the export's level, by `export_config`'s rule: the default one when
+    None) and the level used."""
     from backend.engine import export
 
-    grid = export.density_grid(geometry, resolution)
-    if threshold is None:
-        threshold = export.surface_level(geometry)
-    level = float(export.auto_threshold(grid)) if threshold is None else float(threshold)
+    export_config = export_config or ExportConfig()
+    grid = export.density_grid(geometry, resolution, empty_below=export.empty_level(export_config.threshold))
+    level = export.surface_threshold(geometry, grid, export_config)
     return grid >= level, level
 
 
@@ -71,9 +72,9 @@ def field_albedo(geometry: Any, points: torch.Tensor) -> NDArray[Any]:
     return torch.cat(out).clamp(0, 1).numpy()
 
 
-def score_field(geometry: Any, truth: Truth, threshold: float | None = None) -> dict[str, Any]:
-    """IoU and colour of a field as it stands (no mesh extracted)."""
-    occ, level = field_occupancy(geometry, truth.eval_res, threshold)
+def score_field(geometry: Any, truth: Truth, export_config: ExportConfig | None = None) -> dict[str, Any]:
+    """IoU and colour of a field as it stands (no mesh extracted), at the level `export_config` picks."""
+    occ, level = field_occupancy(geometry, truth.eval_res, export_config)
     albedo = field_albedo(geometry, truth.surface)
     return {
         "iou": iou(occ, truth.grid_occ),
