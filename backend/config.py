@@ -24,7 +24,7 @@ DEFAULT_T_MAX = 0.98  # for models that recommend none (docs/design.md, "Timeste
 # What a recommendable setting is when neither the request nor the model sets it (guidance: the rule's).
 ENGINE_DEFAULTS = {"t_max": DEFAULT_T_MAX, "lambda_depth_variance": 0.0}
 TEXTURE_MODES = ("vertex", "uv")
-AUTO_LEVELS = ("silhouette", "density")
+AUTO_LEVELS = ("auto", "silhouette", "density")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_PROMPT_CHARS = 500
 
@@ -115,13 +115,14 @@ class ExportConfig:
         cli=True,
     )
     auto_level: str = setting(
-        "silhouette",
+        "auto",
         "how the automatic surface level is chosen (when threshold is omitted)",
         choices=AUTO_LEVELS,
         api=True,
         cli=True,
         cli_help="silhouette: the level whose silhouettes match the field's rendered opacity; "
-        "density: from the density grid's statistics",
+        "density: from the density grid's statistics; auto: the rule suiting the field's kind "
+        "(silhouette for exp-density NeRFs, density for others)",
     )
 
     def validate(self) -> ExportConfig:

@@ -288,7 +288,7 @@ class ExportOptions:
     texture_size: int = 1024
     target_faces: int = 50000
     smoothing: float = 1.0
-    auto_level: str = "silhouette"
+    auto_level: str = "auto"
 
 
 @dataclass

@@ -78,6 +78,11 @@ def _set_method(self: DreamsmithSettings, value: int) -> None:
 
 SURFACE_LEVEL_ITEMS = [
     (
+        "auto",
+        "Automatic",
+        "Silhouette for per-prompt fields (exponential density), Density for Instant results",
+    ),
+    (
         "silhouette",
         "Silhouette",
         "The surface shows the outline the field renders: what the diffusion model was shown",
@@ -306,7 +311,7 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         name="Surface Level",
         description="Where the mesh's surface is cut from the density field",
         items=SURFACE_LEVEL_ITEMS,
-        default="silhouette",
+        default="auto",
     )
     object_size: FloatProperty(
         name="Object Size",

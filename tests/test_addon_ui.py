@@ -217,7 +217,7 @@ def test_use_these_settings_restores_a_stored_request() -> None:
     request = GenerationRequest(prompt="a blue chair", method="asd", steps=321, seed=99, guidance_scale=7.5)
     request.camera.elevation_deg = (0.0, 30.0)
     request.export.texture = "uv"
-    request.export.auto_level = "density" if request.export.auto_level == "silhouette" else "silhouette"
+    request.export.auto_level = "density"
     properties.add_history(
         settings, request, job_id="j", object_name="o", n_vertices=1, n_faces=1, seconds=1.0
     )

@@ -1,4 +1,4 @@
-"""The silhouette-matched surface level (`export.silhouette_level`, `export.auto_level = "silhouette"`).
+"""The silhouette-matched surface level (`export.silhouette_level`, `export.auto_level`).
 
 A Gaussian blob A exp(-r^2 / s^2) has a closed form: a ray passing at distance b from the centre has the
 optical depth A s sqrt(pi) exp(-b^2 / s^2) and the peak density A exp(-b^2 / s^2), so it renders at
@@ -8,6 +8,7 @@ rendered silhouette.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from backend.config import ExportConfig
 from backend.engine import export as ex
+from backend.engine.geometry.nerf import FieldConfig, RadianceField
 from backend.errors import InvalidConfig
 
 
@@ -70,6 +72,28 @@ def test_an_explicit_threshold_then_the_fields_own_surface_win_over_the_rule() -
     assert ex.surface_threshold(plain, grid, ExportConfig(auto_level="density")) == pytest.approx(
         ex.auto_threshold(grid)
     )
+
+
+class SilhouetteKind(GaussianField):
+    def level_rule(self) -> str:
+        return "silhouette"
+
+
+def test_auto_follows_the_fields_kind() -> None:
+    auto = ExportConfig()
+    assert auto.auto_level == "auto"
+    grid = ex.density_grid(GaussianField(60.0, 0.2), 48, empty_below=None)
+    assert ex.level_rule(GaussianField(60.0, 0.2), auto) == "density"  # a field that names no rule
+    assert ex.surface_threshold(GaussianField(60.0, 0.2), grid, auto) == pytest.approx(
+        ex.auto_threshold(grid)
+    )
+    assert ex.surface_threshold(SilhouetteKind(60.0, 0.2), grid, auto) == pytest.approx(
+        ex.silhouette_level(grid, 1.0)
+    )
+    assert ex.level_rule(SilhouetteKind(60.0, 0.2), ExportConfig(auto_level="density")) == "density"
+    small = FieldConfig.small()
+    assert RadianceField(dataclasses.replace(small, density_activation="exp")).level_rule() == "silhouette"
+    assert RadianceField(dataclasses.replace(small, density_activation="softplus")).level_rule() == "density"
 
 
 def test_an_unknown_rule_is_refused_naming_the_setting() -> None:

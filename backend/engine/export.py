@@ -79,16 +79,25 @@ def surface_level(field: Any) -> float | None:
     return level() if callable(level) else None
 
 
+def level_rule(field: Any, export: ExportConfig) -> str:
+    """The automatic level rule: `export.auto_level`, or for "auto" the field's own `level_rule()`
+    ("density" for a field without one)."""
+    if export.auto_level != "auto":
+        return export.auto_level
+    rule = getattr(field, "level_rule", None)
+    return str(rule()) if callable(rule) else "density"
+
+
 def surface_threshold(field: Any, grid: NDArray[Any], export: ExportConfig) -> float:
     """The marching-cubes level for `field`'s `grid`: `export.threshold` when set, else the field's own
-    surface (`surface_level`), else the automatic level by `export.auto_level` ("silhouette":
-    `silhouette_level`; "density": `auto_threshold`)."""
+    surface (`surface_level`), else the automatic level by `level_rule` ("silhouette": `silhouette_level`;
+    "density": `auto_threshold`)."""
     if export.threshold is not None:
         return float(export.threshold)
     own = surface_level(field)
     if own is not None:
         return float(own)
-    if export.auto_level == "silhouette":
+    if level_rule(field, export) == "silhouette":
         return silhouette_level(grid, float(field.bound))
     return auto_threshold(grid)
 

@@ -64,6 +64,11 @@ class Geometry(nn.Module):
         adds each weighted by the config's `lambda_<name>`. None by default (and no random draws)."""
         return {}
 
+    def level_rule(self) -> str:
+        """The automatic marching-cubes level rule that suits this geometry's fields (`export.auto_level`
+        "auto"): "density" here; an exp-density NeRF's is "silhouette"."""
+        return "density"
+
     def surface_level(self) -> float | None:
         """The density on the geometry's own surface (an SDF's zero level), which the export then uses as
         its marching-cubes level; None: the export picks a level from the density grid."""

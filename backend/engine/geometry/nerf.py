@@ -94,6 +94,11 @@ class RadianceField(Geometry):
         """x [N, 3] world -> sigma [N] >= 0."""
         return self._sigma(self.density_mlp(self._encode(x)), x)
 
+    def level_rule(self) -> str:
+        """exp: "silhouette" (its distilled and converged fields both mesh best at the level matching their
+        renders); softplus: "density" (its distilled fields render too faint for the silhouette rule)."""
+        return "silhouette" if self.cfg.density_activation == "exp" else "density"
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [N, 3] world -> (sigma [N], albedo [N, 3] in [0, 1]); the encoding is shared."""
         h = self._encode(x)
