@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "minutes": None,
     "prompts_per_step": 8,
     "lr": 2e-3,
+    "lr_decay": 1.0,
     "seed": 0,
     "supervision": "prior",
     "overrides": {},
@@ -106,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lr", type=float, default=None, help=f"Adam learning rate (default {DEFAULTS['lr']})"
+    )
+    parser.add_argument(
+        "--lr-decay",
+        type=float,
+        default=None,
+        help=f"the learning rate at the last step as a fraction of --lr, decayed exponentially (default "
+        f"{DEFAULTS['lr_decay']}: constant)",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     parser.add_argument(
@@ -189,7 +197,17 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     given: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("method", "model", "steps", "minutes", "prompts_per_step", "lr", "seed", "supervision")
+        for k in (
+            "method",
+            "model",
+            "steps",
+            "minutes",
+            "prompts_per_step",
+            "lr",
+            "lr_decay",
+            "seed",
+            "supervision",
+        )
         if getattr(args, k) is not None
     }
     if args.overrides:
@@ -296,12 +314,20 @@ def loss_curve_png(steps: list[int], losses: list[float], title: str) -> bytes:
     return buf.getvalue()
 
 
+DENSITY_WORDS = {
+    "volsdf": "a VolSDF signed distance",
+    "softplus": "a softplus density",
+    "exp": "an exp-activated density",
+}
+
+
 def model_card(settings: dict[str, Any], info: dict[str, Any]) -> str:
     held = settings["held_out"]
+    density = DENSITY_WORDS.get(info["generator_config"]["field"]["density"], "a density")
     return f"""# Dreamsmith generator
 
 A prompt-amortized text-to-3D generator (ScaleDreamer's setting): one network maps a prompt's pooled text
-embedding to a triplane field ({"a VolSDF signed distance" if info["generator_config"]["field"]["density"] == "volsdf" else "a softplus density"}
+embedding to a triplane field ({density}
 and an albedo) in a single forward pass (`backend/engine/generator.py`).
 Use: `python -m backend generate "{settings["prompts"][0]}" --generator {info["folder"]}`.
 
@@ -309,7 +335,7 @@ Use: `python -m backend generate "{settings["prompts"][0]}" --generator {info["f
   (`dreamsmith_generator.json`).
 - **Guidance**: prior `{settings["model"] or "demo"}`, method `{settings["method"]}`
   (supervision: {settings["supervision"]}), {settings["prompts_per_step"]} prompts per step,
-  Adam lr {settings["lr"]}, seed {settings["seed"]}, settings {json.dumps(settings["overrides"]) or "{}"}.
+  Adam lr {settings["lr"]} (decayed to {settings.get("lr_decay", 1.0)} of it), seed {settings["seed"]}, settings {json.dumps(settings["overrides"]) or "{}"}.
 - **Generator**: {info["parameters"] / 1e6:.2f} M parameters, {json.dumps(info["generator_config"])}.
 - **Training**: {info["steps"]} steps in {info["minutes"]:.1f} minutes on {info["device"]}
   ({info["processes"]} process(es)): `{info["command"]}`.
@@ -474,6 +500,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             device,
             prompts_per_step=int(settings["prompts_per_step"]),
             lr=float(settings["lr"]),
+            lr_decay=float(settings.get("lr_decay", 1.0)),
             procs=procs,
             supervision=supervision,
         )

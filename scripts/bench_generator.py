@@ -218,11 +218,13 @@ def refine_curves(
     from backend.engine.optimize import DistillationRun
 
     truth = truth_of(prompt, args.eval_res)
-    cfg = with_overrides(GenerationConfig(prompt=prompt), {"preview_every": 0} | args.overrides)
+    cold_cfg = with_overrides(GenerationConfig(prompt=prompt), {"preview_every": 0} | args.overrides)
+    refine_cfg = with_overrides(cold_cfg, args.refine_overrides)
     device = torch.device("cpu")
-    out: dict[str, Any] = {"prompt": prompt, "steps": cfg.steps}
+    out: dict[str, Any] = {"prompt": prompt, "steps": cold_cfg.steps}
     target = math.inf
     for kind in ("cold", "refine"):
+        cfg = refine_cfg if kind == "refine" else cold_cfg
         start = time.perf_counter()
         geometry = loaded.field_for(prompt).train() if kind == "refine" else None
         run = DistillationRun(cfg, prior, device, geometry=geometry)
@@ -249,7 +251,7 @@ def refine_curves(
         (p["step"] for p in out["refine"]["curve"] if p["iou"] >= target), None
     )
     print(
-        f"  refine {prompt:<19}: cold IoU {target:.3f} at step {cfg.steps} ({out['cold']['seconds']:.0f} s); "
+        f"  refine {prompt:<19}: cold IoU {target:.3f} at step {cold_cfg.steps} ({out['cold']['seconds']:.0f} s); "
         f"instant {out['instant_iou']:.3f}; Refine reaches it at step {out['refine_steps_to_cold']} "
         f"({out['refine']['seconds']:.0f} s)",
         flush=True,
@@ -352,6 +354,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a generation setting",
     )
+    parser.add_argument(
+        "--refine-set",
+        dest="refine_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a generation setting of the Refine runs only (the cold runs keep --set's)",
+    )
     parser.add_argument("--eval-res", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tile", type=int, default=96)
@@ -363,6 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-sheet", action="store_true")
     args = parser.parse_args(argv)
     args.overrides = parse_overrides(args.overrides)
+    args.refine_overrides = parse_overrides(args.refine_overrides)
     args.sheet = None if args.no_sheet else (args.sheet or args.out.with_suffix(".png"))
     return args
 
@@ -392,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             for k, (p, g) in generators.items()
         },
         "held_out": main_gen.info.held_out,
+        "settings": args.overrides,
+        "refine_settings": args.refine_overrides,
         "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform()},
     }
     start = time.perf_counter()

@@ -59,7 +59,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 # The generator and its field
 
 
-@pytest.mark.parametrize("density", ["volsdf", "softplus"])
+@pytest.mark.parametrize("density", ["volsdf", "softplus", "exp"])
 def test_generator_forward_shapes_and_the_geometry_interface(density: str) -> None:
     torch.manual_seed(0)
     gen = TriplaneGenerator(small_generator_config(32, density))
@@ -82,6 +82,25 @@ def test_generator_forward_shapes_and_the_geometry_interface(density: str) -> No
     # Every field starts as the sphere of radius r0 whatever the prompt: density largest at the centre.
     centre, far = torch.zeros(1, 3), torch.tensor([[0.9, 0.0, 0.0]])
     assert fields[1].density(centre) > 1.0 > fields[1].density(far)
+
+
+def test_the_exp_density_scales_the_softplus_ball_and_meshes_at_the_silhouette_level() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(400, 3) * 2.0 - 1.0
+    planes = torch.randn(3, 8, 16, 16)
+    soft = TriplaneField(TriplaneConfig(resolution=16, channels=8, density="softplus"), planes=planes)
+    exp = TriplaneField(TriplaneConfig(resolution=16, channels=8, density="exp"), planes=planes)
+    assert torch.allclose(exp.density(x), soft.density(x), rtol=1e-4, atol=1e-6)  # f = 0: the same ball
+    with torch.no_grad():  # f = log 3 everywhere: exp triples the density, softplus adds log 3 before it
+        for field in (soft, exp):
+            field.heads.sdf_mlp[-1].bias.fill_(float(torch.log(torch.tensor(3.0))))
+    inside = (x.abs() <= 1).all(-1)
+    ratio = exp.density(x)[inside] / TriplaneField(exp.cfg, planes=planes).density(x)[inside]
+    assert torch.allclose(ratio, torch.full_like(ratio, 3.0), rtol=1e-4)
+    assert not torch.allclose(soft.density(x)[inside] / exp.density(x)[inside], torch.ones(int(inside.sum())))
+    assert (exp.level_rule(), soft.level_rule()) == ("silhouette", "density")
+    with pytest.raises(ValueError, match="triplane density"):
+        TriplaneField(TriplaneConfig(density="relu"))
 
 
 def test_a_generator_field_is_a_standalone_geometry_that_checkpoints_rebuild() -> None:
@@ -152,24 +171,31 @@ def test_a_few_training_steps_lower_the_loss_on_two_prompts(pixel_prior) -> None
     assert after < 0.6 * before, (before, after)
 
 
-def make_run(pixel_prior, steps: int) -> AmortizedRun:  # type: ignore[no-untyped-def]
+def make_run(pixel_prior, steps: int, lr_decay: float = 1.0) -> AmortizedRun:  # type: ignore[no-untyped-def]
     embedder = TextEmbedder(pixel_prior.tokenizer, pixel_prior.text_encoder)
     cfg = GenerationConfig(prompt="a red cube", method="asd", steps=steps, render_size=16, samples_per_ray=16)
     return AmortizedRun(
         cfg, small_generator_config(embedder.dim), TINY_GENERATOR_PROMPTS + ["a green cube"], embedder,
-        pixel_prior, CPU, prompts_per_step=2,
+        pixel_prior, CPU, prompts_per_step=2, lr=2e-3, lr_decay=lr_decay,
     )  # fmt: skip
 
 
-def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(pixel_prior) -> None:  # type: ignore[no-untyped-def]
-    straight = make_run(pixel_prior, 6)
+@pytest.mark.parametrize("lr_decay", [1.0, 0.1])
+def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(
+    pixel_prior, lr_decay: float
+) -> None:  # type: ignore[no-untyped-def]
+    straight = make_run(pixel_prior, 6, lr_decay)
+    rates = []
     for i in range(6):
         straight.step(i)
-    first = make_run(pixel_prior, 6)
+        rates.append(straight.optimizer.param_groups[0]["lr"])
+    # The rate of step i is lr * decay^(i / 5): from 2e-3 down to 2e-3 * decay at the last step.
+    assert rates == pytest.approx([2e-3 * lr_decay ** (i / 5) for i in range(6)])
+    first = make_run(pixel_prior, 6, lr_decay)
     for i in range(3):
         first.step(i)
     state = first.state([first.rng_state()])
-    resumed = make_run(pixel_prior, 6)
+    resumed = make_run(pixel_prior, 6, lr_decay)
     resumed.restore(state)
     assert resumed.steps_done == 3
     for i in range(3, 6):

@@ -28,7 +28,7 @@ from backend.engine.background import make_background
 from backend.engine.cameras import sample_cameras
 from backend.engine.generator import GeneratorConfig, TextEmbedder, TriplaneGenerator
 from backend.engine.methods import METHODS
-from backend.engine.optimize import RenderedBatch, StepTimer, Supervision, to_cpu
+from backend.engine.optimize import RenderedBatch, StepTimer, Supervision, decay_learning_rates, to_cpu
 from backend.engine.prior import Prior, PromptEmbeddings
 from backend.engine.regularizers import add_regularizers
 from backend.engine.rendering import DenseRenderer, sample_light, sample_shading
@@ -203,7 +203,8 @@ class AmortizedRun:
 
     cfg: the generation settings the parts come from (method, cameras, shading, regularizer weights,
     render size, samples per ray, background, seed); cfg.steps is the training's length (the timestep
-    schedules' progress); `lr` is the generator's Adam learning rate.
+    schedules' progress); `lr` is the generator's Adam learning rate, and `lr_decay` the fraction of it
+    left at the last step (decayed exponentially with the step, as a per-prompt run's `lr_decay`).
     """
 
     def __init__(
@@ -217,6 +218,7 @@ class AmortizedRun:
         *,
         prompts_per_step: int = 8,
         lr: float = 2e-3,
+        lr_decay: float = 1.0,
         procs: Processes | None = None,
         supervision: AmortizedSupervision | None = None,
         timer: StepTimer | None = None,
@@ -253,6 +255,7 @@ class AmortizedRun:
         params = [*self.generator.parameters(), *self.background.parameters()]
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), eps=1e-15)
+        self.lr, self.lr_decay = lr, lr_decay
         self.steps_done = 0
 
     def draw_prompts(self) -> list[str]:
@@ -297,6 +300,7 @@ class AmortizedRun:
             loss.backward()
             average_gradients(self.params, self.procs)
         with timer("optimizer"):
+            decay_learning_rates(self.optimizer, [self.lr], self.lr_decay, i, cfg.steps)
             self.optimizer.step()
         self.steps_done = i + 1
         return AmortizedStats(loss=float(loss.detach()), prompts=prompts, ts=ts)

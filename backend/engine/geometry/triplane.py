@@ -2,12 +2,15 @@
 
 Three axis-aligned feature planes (xy, xz, yz; EG3D's triplane) of C channels at R x R texels; a point's
 feature is the concatenation of its three bilinear samples [3C] (ScaleDreamer's `sample_from_planes`),
-decoded by small MLP heads into a density and an albedo, the density in one of two ways (`density`):
+decoded by small MLP heads into a density and an albedo, the density in one of three ways (`density`):
 
     "volsdf":   d(x) = |x| - r0 + f(planes(x)),  sigma(x) = (1 / beta) Psi_beta(-d(x))
                 VolSDF (as `sdf.py`, with ScaleDreamer's fixed beta); surface d = 0; eikonal term
     "softplus": sigma(x) = softplus(f(planes(x)) + blob(x)),  blob = b0 (1 - |x| / r0)
                 the NeRF density of `nerf.py` (Magic3D's blob); surface at the export's automatic level
+    "exp":      sigma(x) = softplus(blob(x)) exp(f(planes(x)))
+                the same ball scaled by a factor (`nerf.py`'s exp activation); surface at the level
+                whose silhouettes match the field's renders (`export.silhouette_level`)
     albedo(x) = sigmoid(g(planes(x)))
 
 f's last layer starts at 0, so every field starts as the sphere (or the soft ball) of radius r0.
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.gridfield import mlp
+from backend.engine.geometry.nerf import MAX_LOG_GAIN
 from backend.engine.geometry.sdf import volsdf_density
 
 if TYPE_CHECKING:
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 # Plane k holds the features of the coordinate pair PLANE_AXES[k]: xy, xz, yz.
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+DENSITIES = ("volsdf", "softplus", "exp")
 
 
 @dataclass
@@ -44,7 +49,7 @@ class TriplaneConfig:
     channels: int = 16  # C, features per plane
     hidden_dim: int = 32
     n_hidden_layers: int = 1
-    # "volsdf" or "softplus" (module docstring)
+    # "volsdf", "softplus" or "exp" (module docstring)
     density: str = "softplus"
     sphere_radius: float = 0.5  # the initial shape (r0)
     blob_density: float = 10.0  # softplus: b0
@@ -101,6 +106,8 @@ class TriplaneField(Geometry):
     ) -> None:
         super().__init__()
         cfg = cfg or TriplaneConfig()
+        if cfg.density not in DENSITIES:
+            raise ValueError(f"unknown triplane density {cfg.density!r}; use {', '.join(DENSITIES)}")
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.heads = heads if heads is not None else TriplaneHeads(cfg).to(device)
@@ -127,12 +134,17 @@ class TriplaneField(Geometry):
         return self.cfg.density == "volsdf"
 
     def _sdf_from_features(self, h: Tensor, x: Tensor) -> Tensor:
-        """The signed distance (volsdf), or minus the pre-softplus density (softplus): negative inside."""
+        """The signed distance (volsdf), minus the pre-softplus density (softplus) or minus the log density
+        (exp): negative inside."""
         f = cast(Tensor, self.heads.sdf_mlp(h)).squeeze(-1)
         distance: Tensor = torch.linalg.vector_norm(x, dim=-1)
         if self.is_sdf:
             return distance - self.cfg.sphere_radius + f
-        return -(f + self.cfg.blob_density * (1.0 - distance / self.cfg.sphere_radius))
+        blob = self.cfg.blob_density * (1.0 - distance / self.cfg.sphere_radius)
+        if self.cfg.density == "exp":
+            log_ball = torch.log(F.softplus(blob).clamp(min=1e-30))
+            return -(f.clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN) + log_ball)
+        return -(f + blob)
 
     def sdf(self, x: Tensor) -> Tensor:
         """x [N, 3] world -> signed distance [N] (negative inside; softplus: minus the raw density)."""
@@ -141,7 +153,7 @@ class TriplaneField(Geometry):
     def _sigma(self, d: Tensor, x: Tensor) -> Tensor:
         inside = (x.abs() <= self.bound).all(-1)
         if not self.is_sdf:
-            sigma = F.softplus(-d)
+            sigma = torch.exp(-d) if self.cfg.density == "exp" else F.softplus(-d)
             return torch.where(inside, sigma, torch.zeros_like(sigma))
         return volsdf_density(d, inside, self.beta, self.cfg.cutoff)
 
@@ -164,7 +176,7 @@ class TriplaneField(Geometry):
         return (d[1:] - d[:1]).t() / eps
 
     def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
-        """grad d normalized (softplus: -grad of the raw density, as `nerf.py`'s -grad sigma)."""
+        """grad d normalized (softplus, exp: -grad of the raw or log density, as `nerf.py`'s -grad sigma)."""
         return F.normalize(self.sdf_gradient(x), dim=-1, eps=1e-6)
 
     def regularization(self, generator: torch.Generator) -> dict[str, Tensor]:
@@ -176,8 +188,12 @@ class TriplaneField(Geometry):
         norm: Tensor = torch.linalg.vector_norm(grad, dim=-1)
         return {"eikonal": (norm - 1.0).square().mean()}
 
+    def level_rule(self) -> str:
+        """exp: "silhouette" (as an exp-density NeRF's); softplus: "density"."""
+        return "silhouette" if self.cfg.density == "exp" else "density"
+
     def surface_level(self) -> float | None:
-        """volsdf: the density on d = 0, 1 / (2 beta); softplus: None (the export's automatic level)."""
+        """volsdf: the density on d = 0, 1 / (2 beta); else None (the export's automatic level)."""
         return float(0.5 / self.beta.detach()) if self.is_sdf else None
 
     def param_groups(self, cfg: GenerationConfig) -> list[dict[str, Any]]:
