@@ -210,6 +210,12 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
         )
         if getattr(args, k) is not None
     }
+    if "lr" in given and not given["lr"] > 0:
+        raise DreamsmithError(f"--lr must be above 0 (got {given['lr']})")
+    if "lr_decay" in given and not 0 < given["lr_decay"] <= 1:
+        raise DreamsmithError(
+            f"--lr-decay must be in (0, 1]: the rate at the last step as a fraction of --lr (got {given['lr_decay']})"
+        )
     if args.overrides:
         given["overrides"] = parse_overrides(args.overrides)
     if args.generator_overrides:

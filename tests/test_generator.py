@@ -241,6 +241,8 @@ def test_train_generator_command_writes_a_generator_and_resumes(
     assert cli("train-generator", "--prompts", str(prompts), "--steps", "3", *common).returncode == 2
     bad = cli("train-generator", "--resume", "--method", "sds", "--steps", "3", *common)
     assert bad.returncode == 2 and "cannot change when resuming" in bad.stderr
+    bad = cli("train-generator", "--resume", "--lr-decay", "0", "--steps", "3", *common)
+    assert bad.returncode == 2 and "--lr-decay must be in (0, 1]" in bad.stderr
     done = cli("train-generator", "--resume", "--steps", "3", *common)
     assert done.returncode == 0, done.stderr
     assert load_generator(str(out)).info.steps == 3
