@@ -96,6 +96,14 @@ def test_auto_follows_the_fields_kind() -> None:
     assert RadianceField(dataclasses.replace(small, density_activation="softplus")).level_rule() == "density"
 
 
+class UnknownKind(GaussianField):
+    def level_rule(self) -> str:
+        return "median"
+
+
 def test_an_unknown_rule_is_refused_naming_the_setting() -> None:
     with pytest.raises(InvalidConfig, match="export.auto_level"):
         ExportConfig(auto_level="median").validate()
+    # A geometry naming a rule that does not exist is an error, not a silent density level.
+    with pytest.raises(ValueError, match="UnknownKind.level_rule.. names 'median'"):
+        ex.level_rule(UnknownKind(60.0, 0.2), ExportConfig())

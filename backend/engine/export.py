@@ -35,7 +35,7 @@ from PIL import Image
 from scipy.ndimage import binary_dilation, gaussian_filter1d
 from scipy.sparse.csgraph import connected_components
 
-from backend.config import ExportConfig
+from backend.config import AUTO_LEVELS, ExportConfig
 from backend.engine import texture as uv_texture
 from backend.engine.cameras import camera_rays, orbit_camera
 from backend.engine.cancellation import Check, no_check
@@ -81,11 +81,17 @@ def surface_level(field: Any) -> float | None:
 
 def level_rule(field: Any, export: ExportConfig) -> str:
     """The automatic level rule: `export.auto_level`, or for "auto" the field's own `level_rule()`
-    ("density" for a field without one)."""
+    ("density" for a field without one; a name that is no rule is a ValueError, not a silent fallback)."""
     if export.auto_level != "auto":
         return export.auto_level
     rule = getattr(field, "level_rule", None)
-    return str(rule()) if callable(rule) else "density"
+    name = str(rule()) if callable(rule) else "density"
+    if name == "auto" or name not in AUTO_LEVELS:
+        rules = ", ".join(r for r in AUTO_LEVELS if r != "auto")
+        raise ValueError(
+            f"{type(field).__name__}.level_rule() names {name!r}, which is no level rule ({rules})"
+        )
+    return name
 
 
 def surface_threshold(field: Any, grid: NDArray[Any], export: ExportConfig) -> float:
