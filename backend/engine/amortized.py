@@ -255,7 +255,8 @@ class AmortizedRun:
         params = [*self.generator.parameters(), *self.background.parameters()]
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), eps=1e-15)
-        self.lr, self.lr_decay = lr, lr_decay
+        self.start_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_decay = lr_decay
         self.steps_done = 0
 
     def draw_prompts(self) -> list[str]:
@@ -300,7 +301,7 @@ class AmortizedRun:
             loss.backward()
             average_gradients(self.params, self.procs)
         with timer("optimizer"):
-            decay_learning_rates(self.optimizer, [self.lr], self.lr_decay, i, cfg.steps)
+            decay_learning_rates(self.optimizer, self.start_lrs, self.lr_decay, i, cfg.steps)
             self.optimizer.step()
         self.steps_done = i + 1
         return AmortizedStats(loss=float(loss.detach()), prompts=prompts, ts=ts)
