@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_world.py                       # 36 objects x 2 seeds (about 30 min on 2 cores)
     .venv/bin/python scripts/bench_world.py --quick               # every shape once per seed, 12 runs (< 10 min)
     .venv/bin/python scripts/bench_world.py --supervision truth   # the ceiling: exact renders instead of the prior
+    .venv/bin/python scripts/bench_world.py --start truth         # distillation from the ceiling's field
     .venv/bin/python scripts/bench_world.py --quick --methods tp-sds sds asd tp-asd csd
     .venv/bin/python scripts/bench_world.py --quick --set lr_grid=0.02 --tag lr02   # a variant
 
@@ -12,7 +13,10 @@ right/wrong (the asked shape fits the mesh best, the asked colour, IoU >= 0.7), 
 surface error (Chamfer distance and mean normal angle against the true surface, which see pits that IoU
 misses), the house's door contrast front/back (Janus), whether a torus' hole is open, and wall time.
 With `--supervision truth` the prior is replaced by exact renders of the true object (same field,
-renderer, cameras, optimizer and export): the representation's ceiling.
+renderer, cameras, optimizer and export): the representation's ceiling. With `--start truth` each run
+first fits the field to those exact renders (the ceiling's run) and then distils from there with the same
+settings, as a Refine would: what the prior does to the right object, apart from how the optimization
+gets there from the blob (the starting fit is scored too, as `start_iou`).
 
 Prints a summary per method (world accuracy, mean IoU, mean surface error, time) and per-shape rows,
 writes JSON (`--out`) and a contact sheet PNG per method (`--sheet`): every mesh from two sides, labelled,
@@ -96,7 +100,16 @@ def bench_one(
     cfg = run_config(prompt, method, seed, args)
     supervision = PhotometricTruth(obj, ambient=cfg.ambient) if args.supervision == "truth" else None
     start = time.perf_counter()
-    run = DistillationRun(cfg, prior, device, supervision=supervision)
+    start_record: dict[str, Any] = {}
+    geometry = None
+    if args.start == "truth":
+        fit = DistillationRun(cfg, prior, device, supervision=PhotometricTruth(obj, ambient=cfg.ambient))
+        for i in range(cfg.steps):
+            fit.step(i)
+        geometry = fit.geometry
+        start_record = {"start_iou": metrics.score_field(geometry, truth, fit.cfg.export)["iou"]}
+        start = time.perf_counter()
+    run = DistillationRun(cfg, prior, device, supervision=supervision, geometry=geometry)
     curve: list[dict[str, Any]] = []
     eval_s = 0.0
     for i in range(cfg.steps):
@@ -107,7 +120,7 @@ def bench_one(
             eval_s += time.perf_counter() - t0
     optimize_s = time.perf_counter() - start - eval_s
     record: dict[str, Any] = {"prompt": prompt, "shape": obj.shape, "colour": obj.colour, "method": method}
-    record |= {"seed": seed, "steps": cfg.steps, "optimize_s": round(optimize_s, 2)}
+    record |= {"seed": seed, "steps": cfg.steps, "optimize_s": round(optimize_s, 2)} | start_record
     if truth.janus is not None:
         record |= truth.janus.measure(run.geometry, run.renderer)
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,6 +202,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "tori_open": f"{sum(r['hole_open'] for r in tori)}/{len(tori)}" if tori else None,
             "door_front": _mean([r["door_contrast_front"] for r in houses]) if houses else None,
             "door_back": _mean([r["door_contrast_back"] for r in houses]) if houses else None,
+            "start_iou": _mean([r["start_iou"] for r in rs]) if any("start_iou" in r for r in rs) else None,
         }
 
     out: dict[str, Any] = {}
@@ -234,6 +248,7 @@ def print_summary(summary: dict[str, Any], label: str) -> None:
             print(
                 f"{shape:<9} {r['runs']:>4} {r['accuracy']:>8.1%} {_f(r['mesh_iou']):>7} {_f(r['chamfer'], '.4f'):>7} "
                 f"{_f(r['normal_deg'], '.1f'):>7} {_f(r['gen_s'], '.1f'):>6}"
+                + (f"   start field IoU {_f(r['start_iou'])}" if r["start_iou"] is not None else "")
             )
 
 
@@ -306,6 +321,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--supervision", default="prior", choices=("prior", "truth"), help="truth: the ceiling"
     )
+    parser.add_argument(
+        "--start",
+        default="blob",
+        choices=("blob", "truth"),
+        help="truth: start each run from the field fitted to exact renders (the ceiling's run), not the blob",
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the config's)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
@@ -337,6 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for p in args.objects:
         demo_world.parse_prompt(p)  # fails early, naming the prompt, if the world has no such object
     name = "world" + ("_quick" if args.quick else "") + ("_truth" if args.supervision == "truth" else "")
+    name += "_from_truth" if args.start == "truth" else ""
     name += f"_{args.tag}" if args.tag else ""
     args.out = args.out or ROOT / "bench_results" / f"{name}.json"
     args.sheet = args.sheet or args.out.with_suffix(".png")
@@ -356,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.jobs:
         args.jobs = 1 if device_is_cuda else max(1, min(cores, 4, len(tasks)))
     args.threads = args.threads or max(1, cores // args.jobs)
-    label = f"{'ceiling (supervision: truth)' if args.supervision == 'truth' else 'prior'}{' ' + args.tag if args.tag else ''}"
+    label = "ceiling (supervision: truth)" if args.supervision == "truth" else "prior"
+    label += " from the truth-fitted field" if args.start == "truth" else ""
+    label += f" {args.tag}" if args.tag else ""
     print(
         f"bench_world [{label}]: {len(args.objects)} objects x {len(args.seeds)} seeds x {len(args.methods)} methods "
         f"= {len(tasks)} runs of {probe.steps} steps at {probe.render_size} px, {args.jobs} parallel x {args.threads} thread(s)",
@@ -403,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": args.seeds,
             "methods": args.methods,
             "supervision": args.supervision,
+            "start": args.start,
             "overrides": args.overrides,
             "tag": args.tag,
             "eval_res": args.eval_res,

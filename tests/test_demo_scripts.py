@@ -101,6 +101,25 @@ def test_bench_world_prints_the_summary_and_writes_json_and_contact_sheet(
     assert "accuracy" in printed and "per shape" in printed and "per run" in printed
 
 
+def test_bench_world_start_truth_distils_from_the_ceilings_field(trained, tmp_path, capsys):
+    """--start truth: each run first makes the ceiling's field (the same fit, scored as start_iou), then
+    distils from it; a blob-started run records no start."""
+    bench = load_script("bench_world")
+    argv = ["--model", str(trained), "--objects", "a red cube", "--seeds", "0", "--steps", "4"]
+    argv += ["--eval-every", "4", "--set", "export.mesh_resolution=32", "--jobs", "1"]
+    ceiling, started = tmp_path / "ceiling.json", tmp_path / "started.json"
+    assert bench.main(argv + ["--supervision", "truth", "--out", str(ceiling)]) == 0
+    assert bench.main(argv + ["--start", "truth", "--out", str(started)]) == 0
+    (fit,) = json.loads(ceiling.read_text())["runs"]
+    result = json.loads(started.read_text())
+    (run,) = result["runs"]
+    assert "start_iou" not in fit and result["settings"]["start"] == "truth"
+    assert run["start_iou"] == pytest.approx(fit["curve"][-1]["iou"], abs=1e-9)
+    assert result["summary"]["tp-sds"]["start_iou"] == pytest.approx(run["start_iou"])
+    assert run["curve"][-1]["step"] == 4 and run["gen_s"] > 0
+    assert "from the truth-fitted field" in capsys.readouterr().out
+
+
 def test_bench_world_refuses_a_prompt_outside_the_world():
     bench = load_script("bench_world")
     with pytest.raises(ValueError, match="teapot"):
