@@ -227,6 +227,8 @@ def settings_for(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict
     """The training's settings: the saved ones when resuming (options may repeat them, not change them;
     --steps may grow), else the defaults with the options given."""
     given = _given_settings(args)
+    if saved is not None:  # a training saved before a setting existed ran at its default
+        saved = {**DEFAULTS, **saved}
     if saved is None:
         if "minutes" in given and "steps" in given:
             raise DreamsmithError("give --steps or --minutes, not both")
@@ -341,7 +343,7 @@ Use: `python -m backend generate "{settings["prompts"][0]}" --generator {info["f
   (`dreamsmith_generator.json`).
 - **Guidance**: prior `{settings["model"] or "demo"}`, method `{settings["method"]}`
   (supervision: {settings["supervision"]}), {settings["prompts_per_step"]} prompts per step,
-  Adam lr {settings["lr"]} (decayed to {settings.get("lr_decay", 1.0)} of it), seed {settings["seed"]}, settings {json.dumps(settings["overrides"]) or "{}"}.
+  Adam lr {settings["lr"]} (decayed to {settings["lr_decay"]} of it), seed {settings["seed"]}, settings {json.dumps(settings["overrides"]) or "{}"}.
 - **Generator**: {info["parameters"] / 1e6:.2f} M parameters, {json.dumps(info["generator_config"])}.
 - **Training**: {info["steps"]} steps in {info["minutes"]:.1f} minutes on {info["device"]}
   ({info["processes"]} process(es)): `{info["command"]}`.
@@ -506,7 +508,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             device,
             prompts_per_step=int(settings["prompts_per_step"]),
             lr=float(settings["lr"]),
-            lr_decay=float(settings.get("lr_decay", 1.0)),
+            lr_decay=float(settings["lr_decay"]),
             procs=procs,
             supervision=supervision,
         )

@@ -386,3 +386,27 @@ def test_the_built_in_demo_generator_is_shipped_and_answers_its_held_out_prompts
             field = demo.field_for(prompt)
             density = field.density(torch.zeros(1, 3))
         assert torch.isfinite(density).all()
+
+
+def test_a_training_saved_before_a_setting_existed_resumes_at_its_default() -> None:
+    """A saved training without `lr_decay` (older than the option) ran at a constant rate: it resumes with
+    the default filled in, repeating it is no change, and another value is still refused."""
+    import argparse
+
+    from backend import train_generator as tg
+    from backend.errors import DreamsmithError
+
+    parser = argparse.ArgumentParser()
+    tg.add_arguments(parser)
+    old = {k: v for k, v in tg.DEFAULTS.items() if k != "lr_decay"} | {
+        "prompts": ["a red cube"],
+        "held_out": [],
+    }
+    settings = tg.settings_for(parser.parse_args(["--resume", "--out", "g"]), old)
+    assert settings["lr_decay"] == 1.0 and settings["prompts"] == ["a red cube"]
+    assert (
+        tg.settings_for(parser.parse_args(["--resume", "--out", "g", "--lr-decay", "1"]), old)["lr_decay"]
+        == 1.0
+    )
+    with pytest.raises(DreamsmithError, match="--lr-decay cannot change when resuming"):
+        tg.settings_for(parser.parse_args(["--resume", "--out", "g", "--lr-decay", "0.5"]), old)

@@ -29,6 +29,11 @@ DENSITY_ACTIVATIONS = ("softplus", "exp")
 MAX_LOG_GAIN = 15.0  # "exp": the factor exp(raw) stays within e^-15 .. e^15 (and keeps a gradient inside)
 
 
+def magic3d_blob(distance: Tensor, blob_density: float, blob_radius: float) -> Tensor:
+    """Magic3D's density blob at distances |x| from the origin: blob_density * (1 - |x| / blob_radius)."""
+    return blob_density * (1.0 - distance / blob_radius)
+
+
 @dataclass
 class FieldConfig(GridFieldConfig):
     # Density bias before the softplus: blob_density * (1 - |x| / blob_radius).
@@ -79,8 +84,8 @@ class RadianceField(Geometry):
         return (x.abs() <= self.bound).all(-1)  # [N]
 
     def density_bias(self, x: Tensor) -> Tensor:
-        """Magic3D's blob: blob_density * (1 - |x| / blob_radius), [N]."""
-        return cast(Tensor, self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius))
+        """Magic3D's blob (`magic3d_blob`), [N]."""
+        return magic3d_blob(x.norm(dim=-1), self.cfg.blob_density, self.cfg.blob_radius)
 
     def _sigma(self, raw: Tensor, x: Tensor) -> Tensor:
         raw = raw.squeeze(-1)

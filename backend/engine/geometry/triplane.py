@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from backend.engine.geometry.base import Geometry
 from backend.engine.geometry.gridfield import mlp
-from backend.engine.geometry.nerf import MAX_LOG_GAIN
+from backend.engine.geometry.nerf import MAX_LOG_GAIN, magic3d_blob
 from backend.engine.geometry.sdf import volsdf_density
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class TriplaneField(Geometry):
         distance: Tensor = torch.linalg.vector_norm(x, dim=-1)
         if self.is_sdf:
             return distance - self.cfg.sphere_radius + f
-        blob = self.cfg.blob_density * (1.0 - distance / self.cfg.sphere_radius)
+        blob = magic3d_blob(distance, self.cfg.blob_density, self.cfg.sphere_radius)
         if self.cfg.density == "exp":
             log_ball = torch.log(F.softplus(blob).clamp(min=1e-30))
             return -(f.clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN) + log_ball)
