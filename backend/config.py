@@ -252,6 +252,13 @@ class GenerationConfig:
     blob_radius: float = setting(
         0.5, "nerf: radius at which the starting ball's density bias crosses 0", lo=0.05, hi=2.0
     )
+    blob_bias: float = setting(
+        1.0,
+        "nerf: share of the starting ball kept as a permanent density bias (1: Magic3D's; below 1 the field"
+        " is fitted to start as the ball and is freer to carve corners and holes)",
+        lo=0.0,
+        hi=1.0,
+    )
     density_activation: str = setting(
         "exp",
         "nerf: raw density to sigma: softplus(raw + ball) (Magic3D's), or exp: softplus(ball) * exp(raw)",

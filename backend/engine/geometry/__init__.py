@@ -44,9 +44,12 @@ def make_geometry(cfg: GenerationConfig, device: torch.device) -> Geometry:
         levels_ramp=ramp,
         blob_density=cfg.blob_density,
         blob_radius=cfg.blob_radius,
+        blob_bias=cfg.blob_bias,
         density_activation=cfg.density_activation,
     )
-    return RadianceField(nerf, device=device)
+    field = RadianceField(nerf, device=device)
+    field.fit_start()  # a field keeping less than the whole ball as its bias still starts as the ball
+    return field
 
 
 def build_geometry(spec: dict[str, Any], device: torch.device | str = "cpu") -> Geometry:
