@@ -196,6 +196,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "accuracy": sum(bool(r.get("ok")) for r in rs) / max(len(rs), 1),
             "mesh_iou": _mean([r.get("mesh_iou", 0.0) for r in rs]),
             "chamfer": _mean([r.get("chamfer", float("nan")) for r in rs]),
+            "volume_ratio": _mean([r.get("volume_ratio", float("nan")) for r in rs]),
             "normal_deg": _mean([r.get("normal_deg", float("nan")) for r in rs]),
             "colour_error": _mean([r.get("mesh_colour_error", float("nan")) for r in rs]),
             "gen_s": _mean([r["gen_s"] for r in rs]),
@@ -226,7 +227,7 @@ def _f(value: Any, fmt: str = ".3f") -> str:
 
 def print_summary(summary: dict[str, Any], label: str) -> None:
     print(f"\n{label}")
-    head = f"{'method':<8} {'runs':>4} {'accuracy':>8} {'meshIoU':>7} {'chamfer':>7} {'normal°':>7} {'colErr':>6} {'tori open':>9} {'door F/B':>11} {'s/run':>6}"
+    head = f"{'method':<8} {'runs':>4} {'accuracy':>8} {'meshIoU':>7} {'chamfer':>7} {'normal°':>7} {'volume':>6} {'colErr':>6} {'tori open':>9} {'door F/B':>11} {'s/run':>6}"
     print(head)
     print("-" * len(head))
     for method, s in summary.items():
@@ -237,17 +238,17 @@ def print_summary(summary: dict[str, Any], label: str) -> None:
         )
         print(
             f"{method:<8} {s['runs']:>4} {s['accuracy']:>8.1%} {_f(s['mesh_iou']):>7} {_f(s['chamfer'], '.4f'):>7} "
-            f"{_f(s['normal_deg'], '.1f'):>7} {_f(s['colour_error']):>6} {_f(s['tori_open']):>9} {door:>11} {_f(s['gen_s'], '.1f'):>6}"
+            f"{_f(s['normal_deg'], '.1f'):>7} {_f(s['volume_ratio'], '.2f'):>6} {_f(s['colour_error']):>6} {_f(s['tori_open']):>9} {door:>11} {_f(s['gen_s'], '.1f'):>6}"
         )
     for method, s in summary.items():
         print(f"\nper shape ({method})")
         print(
-            f"{'shape':<9} {'runs':>4} {'accuracy':>8} {'meshIoU':>7} {'chamfer':>7} {'normal°':>7} {'s/run':>6}"
+            f"{'shape':<9} {'runs':>4} {'accuracy':>8} {'meshIoU':>7} {'chamfer':>7} {'normal°':>7} {'volume':>6} {'s/run':>6}"
         )
         for shape, r in s["per_shape"].items():
             print(
                 f"{shape:<9} {r['runs']:>4} {r['accuracy']:>8.1%} {_f(r['mesh_iou']):>7} {_f(r['chamfer'], '.4f'):>7} "
-                f"{_f(r['normal_deg'], '.1f'):>7} {_f(r['gen_s'], '.1f'):>6}"
+                f"{_f(r['normal_deg'], '.1f'):>7} {_f(r['volume_ratio'], '.2f'):>6} {_f(r['gen_s'], '.1f'):>6}"
                 + (f"   start field IoU {_f(r['start_iou'])}" if r["start_iou"] is not None else "")
             )
 
@@ -268,7 +269,8 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
         print(
             f"  {mark} {r['method']:<7} {r['prompt']:<19} s{r['seed']} IoU {_f(r.get('mesh_iou'))} "
             f"best {r.get('best_shape', '-'):<8} colour {r.get('mesh_colour_named', '-'):<6} "
-            f"chamfer {_f(r.get('chamfer'), '.4f')} normal {_f(r.get('normal_deg'), '.1f')}° {r['gen_s']:.1f} s{extra}"
+            f"chamfer {_f(r.get('chamfer'), '.4f')} normal {_f(r.get('normal_deg'), '.1f')}° "
+            f"volume {_f(r.get('volume_ratio'), '.2f')} {r['gen_s']:.1f} s{extra}"
             + (f" ({r['error']})" if "error" in r else "")
         )
 

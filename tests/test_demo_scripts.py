@@ -213,3 +213,23 @@ def test_score_mesh_tells_shape_and_colour(tmp_path, capsys):
     assert score.main([str(tmp_path), "a red cube"]) == 1  # a fair IoU (~0.7), but a sphere fits better
     assert score.main([str(tmp_path / "missing"), "a red sphere"]) == 2
     assert score.main([str(tmp_path), "a teapot"]) == 2
+
+
+def test_volume_ratio_tells_swollen_from_shrunken(tmp_path):
+    import numpy as np
+    import trimesh
+
+    from backend import demo_world
+    from backend.evaluation import metrics
+    from backend.evaluation.truth import Truth
+
+    truth = Truth(demo_world.parse_prompt("a red sphere"), eval_res=48)
+    ratios = {}
+    for scale in (0.8, 1.0, 1.2):
+        sphere = trimesh.creation.icosphere(subdivisions=4, radius=demo_world.SPHERE_RADIUS * scale)
+        red = np.tile(np.array([[200, 10, 10, 255]], dtype=np.uint8), (len(sphere.vertices), 1))
+        np.savez(tmp_path / "mesh.npz", vertices=sphere.vertices, faces=sphere.faces, colors=red)
+        ratios[scale] = metrics.score_mesh(tmp_path, truth)["volume_ratio"]
+    # The volume goes with the cube of the scale (0.51, 1, 1.73), to the grid's resolution.
+    assert abs(ratios[1.0] - 1.0) < 0.06
+    assert abs(ratios[0.8] - 0.512) < 0.06 and abs(ratios[1.2] - 1.728) < 0.1

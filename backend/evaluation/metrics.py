@@ -11,6 +11,8 @@
   (the objects are about 1 unit across); `normal_deg`: mean angle between the mesh's face normals and the
   true normals at the nearest true-surface points, in degrees (a smooth, right shape: a few degrees;
   a pitted one: tens).
+- size: `volume_ratio`, the mesh's inside cells over the true object's (1: the right size; above 1
+  swollen, below 1 shrunken), which IoU alone does not tell apart.
 - the verdict (`score_mesh`): the mesh is the asked object when the asked shape fits it best of all
   world shapes, its colour is the asked one, and its IoU is at least 0.7.
 """
@@ -169,6 +171,7 @@ def score_mesh(path: Path | str, truth: Truth) -> dict[str, Any]:
     named = colour_named(rgb.mean(axis=0)) if len(rgb) else None
     scores: dict[str, Any] = {
         "mesh_iou": mesh_iou,
+        "volume_ratio": float(inside.sum()) / max(float(truth.cell_occ.sum()), 1.0),
         "mesh_colour_error": colour_error(rgb, true_rgb),
         "mesh_colour_named": named,
         "mesh_mean_rgb": rgb.mean(axis=0).round(4).tolist() if len(rgb) else None,
