@@ -47,7 +47,8 @@ NO_VIEW_P = 0.05  # captions without a view suffix ("a red cube")
 # guided samples grow with the scale: silhouettes about 25% too large at 3, 40% at 7.5, so distillation at
 # 100 swells shapes; bench_world --quick, tp-sds: accuracy 25% -> 50%, IoU 0.60 -> 0.73). The engine reads
 # them when a run leaves t_max / guidance_scale unset.
-RECOMMENDED: dict[str, object] = {"t_max": 0.6, "guidance_scale": {"sds": 3.0}}
+# And one CPU thread: its steps are thousands of small operations, which a second thread only slows down.
+RECOMMENDED: dict[str, object] = {"t_max": 0.6, "guidance_scale": {"sds": 3.0}, "cpu_threads": 1}
 
 UNET_CONFIG = dict(
     sample_size=32,
@@ -300,7 +301,8 @@ so generation works offline on a CPU and quality can be measured against ground 
   Scheduler: DDPM, scaled-linear betas 0.00085-0.012, 1000 steps, epsilon prediction (Stable Diffusion's).
   Saved weights: exponential moving average (decay {info["ema_decay"]}).
   `dreamsmith.json` recommends t_max 0.6 and, for the SDS rule, guidance scale 3 for score distillation with
-  this model (the engine uses them when a run leaves t_max / guidance_scale unset).
+  this model, and one torch thread on a CPU (the engine uses them when a run leaves t_max / guidance_scale /
+  cpu_threads unset).
 - **Training**: {info["steps"]} steps, batch {info["batch_size"]}, AdamW lr {info["lr"]} (warm-up, cosine
   decay), seed {info["seed"]}, {info["minutes"]:.1f} minutes on {info["device"]} ({info["steps_per_s"]:.2f} steps/s):
   `{info.get("command", "scripts/train_demo_prior.py")}`.

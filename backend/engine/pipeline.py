@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from backend.config import ExportConfig, GenerationConfig, config_from_dict
+from backend.config import ExportConfig, GenerationConfig, config_from_dict, with_recommendations
 from backend.engine.background import make_background
 from backend.engine.cancellation import call_stoppable, stop_check, stop_inside_autograd
 from backend.engine.checkpoint import FILENAME, FieldCheckpoint, save_checkpoint
@@ -24,6 +25,7 @@ from backend.engine.live import LiveMesh, extract_live_mesh
 from backend.engine.optimize import DistillationRun, preview_png
 from backend.engine.prior import PriorCache, resolve_device
 from backend.engine.rendering import make_renderer
+from backend.engine.threads import cpu_threads
 from backend.errors import DreamsmithError, GenerationCancelled
 
 PHASES = ("loading model", "generating", "optimizing", "extracting mesh", "texturing", "done")
@@ -108,11 +110,13 @@ def generate(
         return _generate_instant(cfg, out_dir, on_progress, should_stop, start)
     device = resolve_device(cfg.device)
     run: DistillationRun | None = None
+    threads = ExitStack()  # the model's CPU threads, once it is loaded, to the end of the export
     try:
         report("loading model", 0)
         cache = priors or PriorCache()
         prior = call_stoppable(lambda: cache.get(cfg.model, device), check_stop)
         check_stop()
+        threads.enter_context(cpu_threads(with_recommendations(cfg, prior.recommended).cpu_threads, device))
         geometry = init_field.build_geometry(device).train() if init_field is not None else None
         run = DistillationRun(cfg, prior, device, geometry=geometry)
         if resume is not None:
@@ -156,6 +160,8 @@ def generate(
         raise
     except torch.cuda.OutOfMemoryError as exc:
         raise _out_of_memory() from exc
+    finally:
+        threads.close()
     report("done", cfg.steps)
     return GenerationResult(
         files=exported.files | files,
