@@ -63,6 +63,6 @@ def test_demo_prior_predicts_finite_noise_that_depends_on_the_prompt(demo_prior)
     assert (eps_red - eps_blue).abs().mean() > 1e-4
 
 
-def test_demo_prior_recommends_a_lower_t_max(demo_prior):
+def test_demo_prior_recommends_a_lower_t_max_and_one_cpu_thread(demo_prior):
     # Without the largest timesteps, distillation from this prior does not inflate non-spherical objects.
-    assert demo_prior.recommended == {"t_max": 0.6, "guidance_scale": {"sds": 3.0}}
+    assert demo_prior.recommended == {"t_max": 0.6, "guidance_scale": {"sds": 3.0}, "cpu_threads": 1.0}

@@ -47,7 +47,7 @@ def test_training_writes_a_diffusers_prior_the_engine_loads(trained):
     assert (
         not prior.is_latent
         and prior.input_size == 32
-        and prior.recommended == {"t_max": 0.6, "guidance_scale": {"sds": 3.0}}
+        and prior.recommended == {"t_max": 0.6, "guidance_scale": {"sds": 3.0}, "cpu_threads": 1.0}
     )
     # The tokenizer spells the world's captions, with the right article, in few tokens and none unknown.
     ids = prior.tokenizer("an orange torus, side view", add_special_tokens=False).input_ids
@@ -233,3 +233,21 @@ def test_volume_ratio_tells_swollen_from_shrunken(tmp_path):
     # The volume goes with the cube of the scale (0.51, 1, 1.73), to the grid's resolution.
     assert abs(ratios[1.0] - 1.0) < 0.06
     assert abs(ratios[0.8] - 0.512) < 0.06 and abs(ratios[1.2] - 1.728) < 0.1
+
+
+def test_mesh_inside_is_exact_where_mesh_edges_lie_over_cell_centres(monkeypatch):
+    import numpy as np
+    import trimesh
+
+    from backend.evaluation import metrics
+
+    # A box of side 0.8 about the origin: its faces' diagonals (x = y) pass exactly over cell centres of
+    # the 64^3 grid, 26 of which per axis lie inside it.
+    box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    vertices, faces = np.asarray(box.vertices), np.asarray(box.faces)
+    inside = metrics.mesh_inside(vertices, faces, 64, 1.0)
+    assert int(inside.sum()) == 26**3 and not inside[:, :, -1].any()
+    # Rays exactly through the cell centres counted such an edge in both triangles, so the crossing
+    # cancelled and those columns stayed inside up to the top of the grid.
+    monkeypatch.setattr(metrics, "COLUMN_JITTER", (0.0, 0.0))
+    assert metrics.mesh_inside(vertices, faces, 64, 1.0)[:, :, -1].any()
