@@ -225,15 +225,33 @@ def test_smoothing_takes_the_dents_out_and_keeps_the_shape() -> None:
     r = np.sqrt(sum(c**2 for c in np.meshgrid(x, x, x, indexing="ij")))
     rng = np.random.default_rng(0)
     density = (50 / (1 + np.exp(-(0.5 - r) / 0.02)) + 15 * rng.normal(size=r.shape)).astype(np.float32)
-    assert ex.smooth_grid(density, 0.0) is density
+    assert ex.smooth_grid(density, 0.0) is density and ex.surface_grid(density, 25.0, 0.0) is density
     meshes = {}
     for sigma in (0.0, 1.0):
-        verts, faces = ex.remove_floaters(*ex.marching_cubes_mesh(ex.smooth_grid(density, sigma), 1.0, 25.0))
+        grid = ex.surface_grid(density, 25.0, sigma)
+        verts, faces = ex.remove_floaters(*ex.marching_cubes_mesh(grid, 1.0, 25.0))
         meshes[sigma] = trimesh.Trimesh(verts, faces, process=False)
     sphere_area = 4 * math.pi * 0.5**2
     assert meshes[0.0].area > 2 * sphere_area  # noise dents the surface everywhere
     assert meshes[1.0].area == pytest.approx(sphere_area, rel=0.05)
     assert meshes[1.0].is_watertight and meshes[1.0].volume == pytest.approx(SPHERE_VOLUME, rel=0.03)
+
+
+def test_smoothing_does_not_move_the_surface_of_a_dense_field() -> None:
+    # An exp-density field as it converges: thousands inside, rising by factors across the surface at
+    # r = 0.5, where it crosses the level 3.
+    x = np.linspace(-1, 1, 97)
+    r = np.sqrt(sum(c**2 for c in np.meshgrid(x, x, x, indexing="ij")))
+    density = np.minimum(3.0 * np.exp((0.5 - r) / 0.01), 5000.0).astype(np.float32)
+
+    def volume(grid: np.ndarray) -> float:
+        return float(trimesh.Trimesh(*ex.marching_cubes_mesh(grid, 1.0, 3.0), process=False).volume)
+
+    assert volume(ex.surface_grid(density, 3.0, 0.0)) == pytest.approx(SPHERE_VOLUME, rel=0.02)
+    assert volume(ex.surface_grid(density, 3.0, 1.0)) == pytest.approx(SPHERE_VOLUME, rel=0.02)
+    assert volume(ex.smooth_grid(density, 1.0)) > 1.1 * SPHERE_VOLUME  # blurred raw, the interior spreads
+    # An explicit level of 0 or below is smoothed unclipped.
+    assert np.array_equal(ex.surface_grid(density, -1.0, 1.0), ex.smooth_grid(density, 1.0))
 
 
 def test_vertex_colors_follow_the_albedo() -> None:

@@ -3,9 +3,9 @@
 Every `live_every` steps (a setting) `generate` asks for one (when its caller wants them: the service
 does, the command line only when `--live-every` is given) and hands it to the caller in `Progress.live_mesh`.
 It is the export's own pipeline at a coarse grid and without the costly steps: the density on a
-LIVE_RESOLUTION^3 lattice (`export.density_grid`, empty space skipped), the export's smoothing scaled to
-the coarser cells, marching cubes at the export's level, floaters removed, vertex colours from the albedo.
-No decimation, no UV texture. On the demo prior on a CPU one costs about as much as one training step
+LIVE_RESOLUTION^3 lattice (`export.density_grid`, empty space skipped), the export's level and its
+smoothing (`export.surface_grid`) scaled to the coarser cells, marching cubes at that level, floaters
+removed, vertex colours from the albedo. No decimation, no UV texture. On the demo prior on a CPU one costs about as much as one training step
 (`scripts/bench_live.py`).
 
 Nothing here touches a random generator, so a run with live meshes ends with the same mesh bytes as one
@@ -28,7 +28,7 @@ from backend.engine.export import (
     empty_level,
     marching_cubes_mesh,
     remove_floaters,
-    smooth_grid,
+    surface_grid,
     surface_threshold,
     vertex_colors,
     vertex_normals,
@@ -67,10 +67,11 @@ def extract_live_mesh(
     grid = density_grid(field, resolution, empty_below=empty_level(export.threshold), check=check)
     # The export's smoothing is in cells of its own grid: the same width in world units here.
     sigma = export.smoothing * (resolution - 1) / max(export.mesh_resolution - 1, 1)
-    grid = smooth_grid(grid, sigma, check)
+    level = surface_threshold(field, grid, export)
+    grid = surface_grid(grid, level, sigma, check)
     check()
     try:
-        verts, faces = marching_cubes_mesh(grid, bound, surface_threshold(field, grid, export))
+        verts, faces = marching_cubes_mesh(grid, bound, level)
     except DreamsmithError:  # an empty field: no live mesh this time
         return None
     verts, faces = remove_floaters(verts, faces)
