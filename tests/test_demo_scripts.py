@@ -80,6 +80,7 @@ def test_bench_world_prints_the_summary_and_writes_json_and_contact_sheet(
     assert bench.main(argv + ["--supervision", supervision, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["supervision"] == supervision and len(result["runs"]) == 2
+    assert result["settings"]["truth_background"] == "random"
     torus, house = result["runs"]
     for run in result["runs"]:
         assert 0.0 <= run["mesh_iou"] <= 1.0 and run["normal_deg"] >= 0 and run["chamfer"] >= 0
@@ -118,6 +119,15 @@ def test_bench_world_start_truth_distils_from_the_ceilings_field(trained, tmp_pa
     assert result["summary"]["tp-sds"]["start_iou"] == pytest.approx(run["start_iou"])
     assert run["curve"][-1]["step"] == 4 and run["gen_s"] > 0
     assert "from the truth-fitted field" in capsys.readouterr().out
+
+
+def test_fits_to_exact_renders_see_the_truth_background():
+    bench = load_script("bench_world")
+    args = bench.parse_args(["--objects", "a yellow cube", "--supervision", "truth"])
+    cfg = bench.run_config("a yellow cube", "tp-sds", 0, args)
+    assert cfg.background == "white" and bench.truth_config(cfg, args).background == "random"
+    args = bench.parse_args(["--objects", "a yellow cube", "--truth-background", "white"])
+    assert bench.truth_config(cfg, args).background == "white"
 
 
 def test_bench_world_refuses_a_prompt_outside_the_world():
