@@ -80,7 +80,7 @@ def test_bench_world_prints_the_summary_and_writes_json_and_contact_sheet(
     assert bench.main(argv + ["--supervision", supervision, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["supervision"] == supervision and len(result["runs"]) == 2
-    assert result["settings"]["truth_background"] == "random"
+    assert result["settings"]["truth_background"] == "white"
     torus, house = result["runs"]
     for run in result["runs"]:
         assert 0.0 <= run["mesh_iou"] <= 1.0 and run["normal_deg"] >= 0 and run["chamfer"] >= 0
@@ -123,11 +123,12 @@ def test_bench_world_start_truth_distils_from_the_ceilings_field(trained, tmp_pa
 
 def test_fits_to_exact_renders_see_the_truth_background():
     bench = load_script("bench_world")
-    args = bench.parse_args(["--objects", "a yellow cube", "--supervision", "truth"])
+    argv = ["--objects", "a yellow cube", "--supervision", "truth", "--set", "background=learned"]
+    args = bench.parse_args(argv)
     cfg = bench.run_config("a yellow cube", "tp-sds", 0, args)
-    assert cfg.background == "white" and bench.truth_config(cfg, args).background == "random"
-    args = bench.parse_args(["--objects", "a yellow cube", "--truth-background", "white"])
-    assert bench.truth_config(cfg, args).background == "white"
+    assert cfg.background == "learned" and bench.truth_config(cfg, args).background == "white"
+    args = bench.parse_args([*argv, "--truth-background", "random"])
+    assert bench.truth_config(cfg, args).background == "random"
 
 
 def test_bench_world_refuses_a_prompt_outside_the_world():
