@@ -147,7 +147,7 @@ class GenerationConfig:
     )
     # Defaults are tuned for the built-in demo prior (32 px) on a CPU; Stable Diffusion wants render_size 64
     # and a few thousand steps.
-    steps: int = setting(250, "optimization steps", lo=1, hi=20000, api=True, cli=True)
+    steps: int = setting(200, "optimization steps", lo=1, hi=20000, api=True, cli=True)
     seed: int = setting(
         0, "random seed; the same seed gives the same result on CPU", lo=0, hi=2**31 - 1, api=True, cli=True
     )

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeat", type=int, default=2, help="pairs of runs, with and without (default 2)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the default, 250)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the config's)")
     parser.add_argument(
         "--live-every", type=int, default=None, help="steps between live meshes (default: the default, 25)"
     )
