@@ -5,8 +5,8 @@ does, the command line only when `--live-every` is given) and hands it to the ca
 It is the export's own pipeline at a coarse grid and without the costly steps: the density on a
 LIVE_RESOLUTION^3 lattice (`export.density_grid`, empty space skipped), the export's level and its
 smoothing (`export.surface_grid`) scaled to the coarser cells, marching cubes at that level, floaters
-removed, vertex colours from the albedo. No decimation, no UV texture. On the demo prior on a CPU one costs about as much as one training step
-(`scripts/bench_live.py`).
+removed, vertex colours from the albedo. No decimation, no UV texture. On the demo prior on a CPU one
+costs about as much as one training step (`scripts/bench_live.py`).
 
 Nothing here touches a random generator, so a run with live meshes ends with the same mesh bytes as one
 without (tested).
