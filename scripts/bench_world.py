@@ -54,6 +54,7 @@ from backend import demo_world  # noqa: E402
 from backend.cli import parse_overrides  # noqa: E402
 from backend.config import DEFAULT_METHOD, GenerationConfig, with_overrides  # noqa: E402
 from backend.demo_world import DemoObject  # noqa: E402
+from backend.engine.background import BACKGROUNDS  # noqa: E402
 from backend.engine.methods import METHODS  # noqa: E402
 from backend.errors import DreamsmithError  # noqa: E402
 from backend.evaluation import metrics  # noqa: E402
@@ -346,7 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--truth-background",
         default="white",
-        choices=("white", "random", "learned"),
+        choices=list(BACKGROUNDS),
         help="background of the fits to exact renders (the ceiling, --start truth); random: a solid colour "
         "per image, so that no object's colour blends into it",
     )
