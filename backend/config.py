@@ -98,9 +98,9 @@ class ExportConfig:
     target_faces: int = setting(
         50000, "decimate to about this many faces", lo=100, hi=2_000_000, api=True, cli=True
     )
-    # 1.5 cells take the pitting out of score-distilled surfaces and leave the shape (its IoU) as it was.
+    # One cell takes the pitting out of score-distilled surfaces and leaves the shape (its IoU) as it was.
     smoothing: float = setting(
-        1.5,
+        1.0,
         "smooth the density before marching cubes (grid cells; 0: off)",
         lo=0.0,
         hi=4.0,

@@ -287,7 +287,7 @@ class ExportOptions:
     texture: str = "vertex"
     texture_size: int = 1024
     target_faces: int = 50000
-    smoothing: float = 1.5
+    smoothing: float = 1.0
     auto_level: str = "auto"
 
 

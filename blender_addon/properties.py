@@ -303,7 +303,7 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         name="Smoothing",
         description="Smooths the surface before meshing, in grid cells: takes out small dents; 0 keeps every "
         "detail of the field",
-        default=1.5,
+        default=1.0,
         min=0.0,
         max=4.0,
     )
