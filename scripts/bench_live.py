@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="pairs of runs, with and without (default 2)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the config's)")
     parser.add_argument(
-        "--live-every", type=int, default=None, help="steps between live meshes (default: the default, 25)"
+        "--live-every", type=int, default=None, help="steps between live meshes (default: the config's)"
     )
     parser.add_argument("--prompt", default="a red cube", help="what to generate (default %(default)r)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench_results" / "live.json", help="result file")
