@@ -79,6 +79,11 @@ class CameraConfig:
     front_azimuth_deg: float = setting(
         0.0, "azimuth of the object's front (0 = -Y)", lo=-360.0, hi=360.0, api=True
     )
+    stratified_elevation: bool = setting(
+        False,
+        "place each step's elevation by a low-discrepancy sequence over the run instead of drawing it "
+        "independently, so that every stretch of steps sees high and low views alike",
+    )
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The world benchmark: every object of the demo world generated at default settings and judged against the truth.
 
-    .venv/bin/python scripts/bench_world.py                       # 36 objects x 2 seeds (about 30 min on 2 cores)
-    .venv/bin/python scripts/bench_world.py --quick               # every shape once per seed, 12 runs (< 10 min)
+    .venv/bin/python scripts/bench_world.py                       # 36 objects x 4 seeds (about 20 min on 2 cores)
+    .venv/bin/python scripts/bench_world.py --quick               # every shape once per seed, 24 runs (< 10 min)
     .venv/bin/python scripts/bench_world.py --supervision truth   # the ceiling: exact renders instead of the prior
     .venv/bin/python scripts/bench_world.py --start truth         # distillation from the ceiling's field
     .venv/bin/python scripts/bench_world.py --quick --methods tp-sds sds asd tp-asd csd
@@ -62,7 +62,7 @@ from backend.evaluation.thumbnails import Tile, contact_sheet, mesh_tile  # noqa
 from backend.evaluation.truth import Truth, cell_centres  # noqa: E402
 from backend.fileio import write_bytes_atomic, write_json_atomic  # noqa: E402
 
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2, 3)
 QUICK_OBJECTS = tuple(  # every shape once, the colours rotated so that each appears too
     DemoObject(shape, colour).prompt
     for shape, colour in zip(demo_world.SHAPES, demo_world.COLOURS, strict=True)
@@ -227,7 +227,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[method] = block(rs) | {
             "per_shape": {
                 s: block([r for r in rs if r["shape"] == s]) for s in dict.fromkeys(r["shape"] for r in rs)
-            }
+            },
+            # One seed is one draw of the cameras (and noise) for every object: how far apart they land
+            # says how much a world figure from few seeds can be trusted.
+            "per_seed": {
+                str(seed): block([r for r in rs if r["seed"] == seed])
+                for seed in sorted({r["seed"] for r in rs})
+            },
         }
     return out
 
@@ -265,6 +271,14 @@ def print_summary(summary: dict[str, Any], label: str) -> None:
                 f"{shape:<9} {r['runs']:>4} {r['accuracy']:>8.1%} {_f(r['mesh_iou']):>7} {_f(r['chamfer'], '.4f'):>7} "
                 f"{_f(r['normal_deg'], '.1f'):>7} {_f(r['volume_ratio'], '.2f'):>6} {_f(r['gen_s'], '.1f'):>6}"
                 + (f"   start field IoU {_f(r['start_iou'])}" if r["start_iou"] is not None else "")
+            )
+        if len(s["per_seed"]) > 1:
+            print(
+                "per seed: "
+                + ", ".join(
+                    f"s{seed} {r['accuracy']:.1%} IoU {_f(r['mesh_iou'])}"
+                    for seed, r in s["per_seed"].items()
+                )
             )
 
 

@@ -131,6 +131,22 @@ def test_fits_to_exact_renders_see_the_truth_background():
     assert bench.truth_config(cfg, args).background == "random"
 
 
+def test_bench_world_summarizes_each_seed_apart(capsys):
+    bench = load_script("bench_world")
+
+    def record(shape: str, seed: int, ok: bool, iou: float) -> dict:
+        return {"method": "tp-sds", "shape": shape, "seed": seed, "ok": ok, "mesh_iou": iou, "gen_s": 1.0}
+
+    runs = [record("cube", 0, True, 0.8), record("cone", 0, True, 0.9), record("cube", 1, False, 0.6)]
+    runs.append(record("cone", 1, True, 0.7))
+    summary = bench.summarize(runs)["tp-sds"]
+    assert summary["accuracy"] == 0.75
+    assert summary["per_seed"]["0"]["accuracy"] == 1.0 and summary["per_seed"]["1"]["accuracy"] == 0.5
+    assert summary["per_seed"]["1"]["mesh_iou"] == pytest.approx(0.65)
+    bench.print_summary({"tp-sds": summary}, "x")
+    assert "per seed: s0 100.0% IoU 0.850, s1 50.0% IoU 0.650" in capsys.readouterr().out
+
+
 def test_bench_world_refuses_a_prompt_outside_the_world():
     bench = load_script("bench_world")
     with pytest.raises(ValueError, match="teapot"):

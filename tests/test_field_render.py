@@ -10,7 +10,13 @@ import torch
 
 from backend.config import CameraConfig, GenerationConfig
 from backend.engine.background import LearnedBackground, make_background
-from backend.engine.cameras import camera_rays, orbit_camera, sample_cameras
+from backend.engine.cameras import (
+    camera_rays,
+    orbit_camera,
+    sample_cameras,
+    sequence_offset,
+    stratified_units,
+)
 from backend.engine.geometry.nerf import FieldConfig, RadianceField
 from backend.engine.rendering import (
     DenseRenderer,
@@ -98,6 +104,24 @@ def test_sample_cameras_ranges_views_and_determinism() -> None:
         CameraConfig(azimuth_deg=(180.0, 180.0), elevation_deg=(0.0, 0.0)), 1, 8, torch.Generator(), "cpu"
     )
     assert back.views == ["back"]
+
+
+def test_stratified_elevations_cover_the_range_evenly_and_leave_the_other_draws_alone() -> None:
+    cam = CameraConfig(elevation_deg=(-10.0, 45.0))
+    offset = sequence_offset(3)
+    assert offset == sequence_offset(3) and offset != sequence_offset(4)  # from the seed alone
+    units = torch.cat([stratified_units(i * 2, 2, offset) for i in range(10)])
+    assert torch.equal(units, stratified_units(0, 20, offset))  # batches continue one sequence
+    # Any 10 consecutive points leave no gap wider than 0.2 of the range (the golden ratio's three gaps).
+    for first in (0, 7, 113):
+        pts = torch.sort(stratified_units(first, 10, offset)).values
+        gaps = torch.cat([pts.diff(), (pts[:1] + 1 - pts[-1:])])
+        assert float(gaps.max()) < 0.2
+    drawn = sample_cameras(cam, 20, 4, torch.Generator().manual_seed(0), "cpu")
+    placed = sample_cameras(cam, 20, 4, torch.Generator().manual_seed(0), "cpu", units)
+    torch.testing.assert_close(placed.elevation_deg.double(), -10.0 + 55.0 * units, atol=1e-4, rtol=0)
+    assert torch.equal(placed.azimuth_deg, drawn.azimuth_deg) and torch.equal(placed.distance, drawn.distance)
+    assert torch.equal(placed.fov_deg, drawn.fov_deg)
 
 
 # ---- field ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -175,10 +176,15 @@ def test_a_saved_field_exports_the_same_mesh_again(tiny_pixel_prior, tmp_path, p
     assert len(read_arrays(tmp_path / "finer")["faces"]) != len(read_arrays(tmp_path / "run")["faces"])
 
 
-@pytest.mark.parametrize("lr_decay", [1.0, 0.2])
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_latent_prior, tmp_path, priors, lr_decay):
+@pytest.mark.parametrize("lr_decay,stratified", [(1.0, False), (0.2, True)])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
+    tiny_latent_prior, tmp_path, priors, lr_decay, stratified
+):
     def config() -> GenerationConfig:
-        return small_config(tiny_latent_prior, "asd", steps=5, lr_decay=lr_decay)
+        cfg = small_config(tiny_latent_prior, "asd", steps=5, lr_decay=lr_decay)
+        return dataclasses.replace(
+            cfg, camera=dataclasses.replace(cfg.camera, stratified_elevation=stratified)
+        )
 
     whole = generate(config(), tmp_path / "whole", priors=priors)
     seen: list[int] = []

@@ -78,19 +78,42 @@ class CameraBatch:
         return self.c2w[:, :3, 3]
 
 
+GOLDEN = 0.6180339887498949  # (sqrt 5 - 1) / 2
+
+
+def stratified_units(first: int, batch: int, offset: float) -> Tensor:
+    """Points `first` .. `first + batch - 1` of the golden-ratio sequence frac(offset + n GOLDEN) [batch]
+    in [0, 1): each stretch of it covers [0, 1) about evenly, from any start on."""
+    n = torch.arange(first, first + batch, dtype=torch.float64)
+    return (offset + n * GOLDEN) % 1.0
+
+
+def sequence_offset(seed: int) -> float:
+    """A run's start of the sequence, from its seed alone (so a resumed run continues the sequence)."""
+    return float(torch.rand((), generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+
+
 def sample_cameras(
-    cam: CameraConfig, batch: int, size: int, generator: torch.Generator, device: torch.device | str
+    cam: CameraConfig,
+    batch: int,
+    size: int,
+    generator: torch.Generator,
+    device: torch.device | str,
+    elevation_units: Tensor | None = None,
 ) -> CameraBatch:
     """Draw `batch` cameras, each range sampled uniformly (elevation uniform in degrees).
 
     The azimuth range is relative to cam.front_azimuth_deg; view names follow views.view_name.
+    `elevation_units` [batch] in [0, 1) (`stratified_units`) place the elevations in their range instead
+    of the draw; the draw is made all the same, so the other ranges get the random cameras' values.
     """
 
-    def uniform(lo_hi: tuple[float, float]) -> Tensor:
-        u = torch.rand(batch, generator=generator, device=generator.device, dtype=torch.float64)
+    def uniform(lo_hi: tuple[float, float], u: Tensor | None = None) -> Tensor:
+        drawn = torch.rand(batch, generator=generator, device=generator.device, dtype=torch.float64).cpu()
+        u = drawn if u is None else u.to(torch.float64).cpu()
         return (lo_hi[0] + u * (lo_hi[1] - lo_hi[0])).to(dtype=torch.float32, device="cpu")
 
-    elevation = uniform(cam.elevation_deg)
+    elevation = uniform(cam.elevation_deg, elevation_units)
     azimuth = uniform(cam.azimuth_deg) + cam.front_azimuth_deg
     distance = uniform(cam.distance)
     fov = uniform(cam.fov_deg)

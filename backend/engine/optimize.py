@@ -25,7 +25,14 @@ from torch import Tensor
 
 from backend.config import GenerationConfig, with_recommendations
 from backend.engine.background import Background, make_background
-from backend.engine.cameras import CameraBatch, camera_rays, orbit_camera, sample_cameras
+from backend.engine.cameras import (
+    CameraBatch,
+    camera_rays,
+    orbit_camera,
+    sample_cameras,
+    sequence_offset,
+    stratified_units,
+)
 from backend.engine.checkpoint import FieldCheckpoint
 from backend.engine.geometry import Geometry, make_geometry
 from backend.engine.methods import METHODS
@@ -155,6 +162,7 @@ class DistillationRun:
         )
         self.host_rng = torch.Generator().manual_seed(cfg.seed)
         self.device_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.camera_offset = sequence_offset(cfg.seed)  # of `camera.stratified_elevation`
         groups = self.geometry.param_groups(cfg) + self.background.param_groups(cfg)
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         self.start_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -166,7 +174,10 @@ class DistillationRun:
         i = self.steps_done if i is None else i
         self.geometry.on_step(i, cfg.steps)
         t = self.supervision.timestep(i, cfg.steps, self.host_rng)
-        cams = sample_cameras(cfg.camera, cfg.batch_size, cfg.render_size, self.host_rng, self.device)
+        units = None
+        if cfg.camera.stratified_elevation:
+            units = stratified_units(i * cfg.batch_size, cfg.batch_size, self.camera_offset)
+        cams = sample_cameras(cfg.camera, cfg.batch_size, cfg.render_size, self.host_rng, self.device, units)
         shading = sample_shading(i, cfg, self.host_rng)
         with timer("render"):
             batch = self._render(cams, shading)
