@@ -98,7 +98,14 @@ def test_texture_modes_surface_levels_and_text_lengths_match() -> None:
 
 
 def test_client_request_defaults_are_the_backends() -> None:
-    assert CameraRanges().__dict__ == CameraConfig().__dict__
+    # The camera ranges a request may carry (`api=True`); the tuning knobs (`--set` only) stay backend-side.
+    api_camera = {
+        key.removeprefix("camera."): s.default
+        for key, s in BACKEND.items()
+        if key.startswith("camera.") and s.spec.api
+    }
+    assert CameraRanges().__dict__ == api_camera
+    assert set(api_camera) < set(CameraConfig().__dict__)
     export = ExportConfig()
     assert ExportOptions().__dict__ == {k: v for k, v in export.__dict__.items() if k != "threshold"}
     request = GenerationRequest(prompt="x")
